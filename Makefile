@@ -1,0 +1,33 @@
+# Set-up and entry points. Every target installs what it needs first (idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install --no-cache-dir --disable-pip-version-check -q
+
+.PHONY: setup demo test test-slow bench samples
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@# clang: tinygrad's CPU backend; ffmpeg: the tests check our videos with Debian's ffprobe
+	@command -v clang >/dev/null && command -v ffprobe >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q --no-install-recommends clang ffmpeg; }
+	@test -x $(PY) || python3.11 -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
+	@touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/fair demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 -p no:cacheprovider
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m slow
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+samples: $(STAMP)
+	$(PY) -m tools.fair.samples --regenerate
