@@ -5,16 +5,13 @@ Generates a segment of moving, textured synthetic road content per size with Seg
 (encoding uses every core), then pins itself to one core (os.sched_setaffinity) and times:
   decode  PyAV/FFmpeg HEVC decode alone (lower bound)
   nv12    Segment.frames(): decode + copy into openpilot's padded NV12 buffer + log matching
-Writes a markdown table to docs/benchmarks_decode.md (and prints it).
+Writes a markdown table to docs/benchmarks/decode.md (and prints it).
 
-  .venv/bin/python bench/decode_bench.py [--frames 100] [--out docs/benchmarks_decode.md]
+  .venv/bin/python bench/decode_bench.py [--frames 100] [--out docs/benchmarks/decode.md]
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from selfdrive.modeld_fair.camera import MICI_ROAD, TICI_ROAD, CameraModel  # noqa: E402
+from bench.common import header, pin_one_core  # noqa: E402
 from tools.fair.routes import Segment, SegmentWriter  # noqa: E402
 
 
@@ -91,7 +89,7 @@ def main() -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--frames", type=int, default=100)
   ap.add_argument("--repeat", type=int, default=3)
-  ap.add_argument("--out", default="docs/benchmarks_decode.md")
+  ap.add_argument("--out", default="docs/benchmarks/decode.md")
   args = ap.parse_args()
   root = Path(__file__).resolve().parents[1]
   rows = []
@@ -102,7 +100,7 @@ def main() -> int:
         p = Path(tmp) / f"{cam.name}-{len(cases)}--0"
         mbps = write_segment(p, cam, args.frames, **kw)
         cases.append((cam, label, p, mbps))
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core from here on
+    pin_one_core()  # encoding above used every core; decoding is timed on one
     for cam, label, p, mbps in cases:
       seg = Segment(p)
       n = sum(1 for _ in seg.frames())
@@ -113,15 +111,10 @@ def main() -> int:
       rows.append((f"{cam.name} {cam.width}x{cam.height}", label, f"{mbps:.1f}", f"{n / t_dec:.0f}",
                    f"{n / t_nv12:.0f}", f"{n / t_reuse:.0f}", f"{1e3 * (t_nv12 - t_dec) / n:.2f}"))
       print(rows[-1], flush=True)
-  model = next((l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-                .splitlines() if l.startswith("Model name")), "unknown")
   lines = [
-    "## Segment decode to NV12 (tools.fair.routes), one core",
-    "",
-    f"- machine: {model}, pinned to 1 core (of {os.cpu_count()}, shared with other jobs)",
-    f"- date: {datetime.date.today().isoformat()}; PyAV {av.__version__}, FFmpeg libavcodec "
-    f"{'.'.join(map(str, av.library_versions['libavcodec']))}",
-    f"- command: `.venv/bin/python bench/decode_bench.py --frames {args.frames}` (best of {args.repeat})",
+    header("Segment decode to NV12 (tools.fair.routes), one core",
+           f"python bench/decode_bench.py --frames {args.frames}  (best of {args.repeat})").rstrip("\n"),
+    f"- PyAV {av.__version__}, FFmpeg libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}",
     f"- content: {args.frames} frames of synthetic moving road texture, HEVC from SegmentWriter (libx265, "
     "preset superfast, GOP 20, no B-frames)",
     "",

@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Run every benchmark (each writes docs/benchmarks/<name>.md) and assemble docs/benchmarks.md.
+
+  .venv/bin/python bench/run_all.py [--only warp decode sim] [--assemble-only]
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = {"decode": "bench/decode_bench.py", "warp": "bench/warp_bench.py", "sim": "bench/sim_bench.py"}
+INTRO = """# Benchmarks
+
+Measured numbers only; each section names its machine, date and the command that reproduces
+it. Regenerate all with `make bench` (sections: docs/benchmarks/*.md). Machines here are shared
+2-core VMs, so numbers carry noise from whatever else ran at the time.
+"""
+
+
+def main() -> int:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--only", nargs="*", choices=sorted(SECTIONS), default=sorted(SECTIONS))
+  ap.add_argument("--assemble-only", action="store_true", help="only rebuild docs/benchmarks.md from the sections")
+  args = ap.parse_args()
+  if not args.assemble_only:
+    for name in args.only:
+      subprocess.run([sys.executable, SECTIONS[name]], cwd=ROOT, check=True)
+  parts = [INTRO] + [(ROOT / "docs/benchmarks" / f"{n}.md").read_text() for n in sorted(SECTIONS)
+                     if (ROOT / "docs/benchmarks" / f"{n}.md").exists()]
+  (ROOT / "docs/benchmarks.md").write_text("\n".join(parts))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

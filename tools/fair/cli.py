@@ -1,0 +1,40 @@
+"""`fair`: the command line of fairpilot's offline tools.
+
+Each subcommand lives in its own module and is imported only when used, so `fair --help`
+stays fast and a command never pays for another's heavy imports.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module with add_arguments(parser) and run(args), one-line help)
+COMMANDS = {
+  "sim": ("tools.fair.sim.cli", "generate a driving segment with exact ground truth"),
+  "inspect": ("tools.fair.overlay", "render a segment's frames with overlays to PNG/MP4"),
+  "demo": ("tools.fair.demo", "run the main job on the bundled sample segments"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  parser = argparse.ArgumentParser(prog="fair", description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+  chosen = argv[0] if argv and argv[0] in COMMANDS else None
+  for name, (module, help_text) in COMMANDS.items():
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    if name == chosen:
+      importlib.import_module(module).add_arguments(p)
+  args = parser.parse_args(argv)
+  module = importlib.import_module(COMMANDS[args.command][0])
+  from tools.fair.routes.errors import RouteError
+  try:
+    return module.run(args) or 0
+  except (FileNotFoundError, ValueError, IndexError, RouteError) as e:  # user errors: one clear line
+    print(f"fair {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())
