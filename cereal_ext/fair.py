@@ -17,6 +17,7 @@ from openpilot_logging.cereal import log
 
 from selfdrive.modeld_fair.camera import MEDMODEL
 from selfdrive.modeld_fair.classes import IGNORE_ID, SEMANTIC_CLASSES
+from selfdrive.modeld_fair.model_io import LANE_X  # openpilot's 33 distances, one definition for GT, student, message
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fair.capnp")
 fair_capnp = capnp.load(SCHEMA_PATH)
@@ -27,8 +28,6 @@ SLOTS = (0, 1, 2)  # Event.customReservedRawData0/1/2
 DEFAULT_SLOT = 0
 INVALID_REASONS = tuple(sorted(_Msg.InvalidReason.schema.enumerants, key=_Msg.InvalidReason.schema.enumerants.get))
 
-# openpilot's X_IDXS: 33 forward distances, 0..192 m, denser near the car
-LANE_X = (192.0 * (np.arange(33) / 32) ** 2).astype(np.float32)
 DEPTH_MIN_M = 0.5  # default smallest representable depth: invDepthScale = 0.5 * 65535
 DEPTH_SHAPE = (32, 64)  # default grids (rows, cols) over the 256x512 model frame
 SEG_SHAPE = (64, 128)

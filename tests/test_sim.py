@@ -6,6 +6,7 @@ import pytest
 
 from selfdrive.modeld_fair.camera import MEDMODEL, TICI_ROAD, project_calib_points, rot_from_euler
 from selfdrive.modeld_fair.classes import CLASS_ID, IGNORE_ID
+from selfdrive.modeld_fair.model_io import LANE_X
 from tools.fair.sim import SCENARIOS, make_scene, render_frame, render_gt, scene_gt
 from tools.fair.sim.scene import Calibration, Sensor
 
@@ -75,8 +76,8 @@ def test_lane_geometry_matches_road_frame(flat):
   geo = flat.road.geometry
   ego_d = flat.ego.y[0] - geo.centre(flat.ego.x[0])
   for line in g.lanes:
-    np.testing.assert_allclose(line.points[:, 0], 100 * (np.arange(33) / 32) ** 2, atol=1e-6)
-    np.testing.assert_allclose(line.points[:, 1], line.offset - ego_d, atol=0.02 * 100 + 0.01)  # small ego yaw
+    np.testing.assert_allclose(line.points[:, 0], LANE_X, atol=1e-5)
+    np.testing.assert_allclose(line.points[:, 1], line.offset - ego_d, atol=0.02 * LANE_X.max() + 0.01)  # small ego yaw
     np.testing.assert_allclose(line.points[:, 2], 0, atol=1e-9)
 
 

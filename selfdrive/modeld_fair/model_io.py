@@ -6,6 +6,8 @@ medmodel frame (512x256 px): a cell of a G_h x G_w grid covers 512/G_w x 256/G_h
 """
 from __future__ import annotations
 
+import numpy as np
+
 from selfdrive.modeld_fair.classes import CLASS_ID, SEMANTIC_CLASSES
 
 # two consecutive calibrated frames, previous then current, each openpilot's 6x128x256 YUV packing
@@ -14,7 +16,10 @@ INPUT_SHAPE = (1, 12, 128, 256)   # uint8
 INPUT_DTYPE = "uint8"
 
 N_LANES = 4            # left road edge side to right: left-left, left, right, right-right lane lines
-N_LANE_POINTS = 33     # at cereal_ext.LANE_X forward distances
+N_LANE_POINTS = 33
+# forward distances (m) of lane points, openpilot's modelV2 spacing (dense near, sparse far);
+# used by ground truth, the student's lane head and the message alike
+LANE_X = (192.0 * (np.arange(N_LANE_POINTS) / (N_LANE_POINTS - 1)) ** 2).astype(np.float32)
 OBJECT_CLASSES = ("vehicle", "pedestrian")          # detection classes, in heatmap channel order
 OBJECT_SEMANTIC_IDS = tuple(CLASS_ID[c] for c in OBJECT_CLASSES)
 OBJECT_STRIDE = 8      # model-frame pixels per detection cell
@@ -26,7 +31,7 @@ OUTPUTS = {
   "obj_heatmap": ((1, len(OBJECT_CLASSES), 32, 64), "object-centre probability per class, in [0, 1]"),
   "obj_box": ((1, 4, 32, 64), "distances (model px, >= 0) from the cell centre to the box's left, top, right, bottom"),
   "obj_depth": ((1, 1, 32, 64), "object centre distance along the optical axis (m), > 0"),
-  "lanes": ((1, N_LANES, N_LANE_POINTS, 4), "road frame y, z (m) and log std of y, z at cereal_ext.LANE_X"),
+  "lanes": ((1, N_LANES, N_LANE_POINTS, 4), "road frame y, z (m) and log std of y, z at LANE_X"),
   "lane_prob": ((1, N_LANES), "probability that each lane line exists, in [0, 1]"),
   "ego": ((1, 12), "device-frame trans (m/s), rot (rad/s), then log std of each (cameraOdometry-like)"),
 }

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from selfdrive.modeld_fair.camera import DEVICE_CAMERAS, MEDMODEL, CameraModel, project_calib_points, view_from_calib
+from selfdrive.modeld_fair.model_io import LANE_X as MODEL_LANE_X
 from tools.fair.sim.render import NEAR, Render, camera_rays, render_frame
 from tools.fair.sim.scene import Scene
 
 FRAMES = ("camera", "model")
-LANE_X = 100.0 * (np.arange(33) / 32) ** 2   # forward sample distances of lane lines (m), openpilot-like
+LANE_X = MODEL_LANE_X.astype(np.float64)   # forward sample distances of lane lines (m), as the student's
 OCCLUSION_REL, OCCLUSION_ABS = 0.01, 0.05   # a point is hidden when something is >1% (+5 cm) closer
 
 
