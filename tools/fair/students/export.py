@@ -1,0 +1,153 @@
+"""Export a student to the daemon's ONNX (the model_io contract) and its `student.json` metadata.
+
+  python -m tools.fair.students.export --config nano --seed 0 --out selfdrive/modeld_fair/models/student.onnx
+
+For now students are exported randomly initialised (`trained: false` in the metadata, "random-init" in
+the model id); the distillation trainer will export trained checkpoints through the same functions.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import warnings
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from selfdrive.modeld_fair.model_io import INPUT_DTYPE, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAMES, OUTPUTS
+from tools.fair.students.efficientvit import StudentConfig, build_student, fold_bn, student_config
+from tools.fair.students.stats import model_stats
+
+PARITY_RTOL = 1e-4  # max |ort - torch| / max |torch|, per output
+
+
+class _Ordered(nn.Module):
+  """The student's dict as a tuple in OUTPUT_NAMES order (ONNX outputs are positional)."""
+
+  def __init__(self, student: nn.Module):
+    super().__init__()
+    self.student = student
+
+  def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    out = self.student(img)
+    return tuple(out[k] for k in OUTPUT_NAMES)
+
+
+def ort_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
+  """An onnxruntime CPU session with `threads` intra-op threads."""
+  opts = ort.SessionOptions()
+  opts.intra_op_num_threads = threads
+  opts.inter_op_num_threads = 1
+  return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
+  """Write `model` (a Student) to `path` as static-shape ONNX: uint8 input `img` of model_io.INPUT_SHAPE,
+  outputs model_io.OUTPUT_NAMES, eval mode with every BatchNorm folded into its conv.
+
+  Raises RuntimeError unless the file has no BatchNormalization node, the contract's names and shapes,
+  and onnxruntime reproduces the (unfolded, eval) torch model within PARITY_RTOL on a random input.
+  """
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  ref = copy.deepcopy(model).eval()
+  folded = fold_bn(copy.deepcopy(ref))
+  img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, INPUT_SHAPE, dtype=np.uint8))
+  with warnings.catch_warnings(), torch.no_grad():
+    warnings.simplefilter("ignore")  # the exporter's deprecation / torchvision notices are noise here
+    torch.onnx.export(_Ordered(folded), (img,), str(path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                      opset_version=opset, dynamo=True, external_data=False, verbose=False)
+    expected = ref(img)
+  _check_graph(onnx.load(str(path)), opset)
+  got = dict(zip(OUTPUT_NAMES, ort_session(path).run(list(OUTPUT_NAMES), {INPUT_NAME: img.numpy()})))
+  for name in OUTPUT_NAMES:
+    e = expected[name].numpy()
+    err = float(np.abs(got[name] - e).max() / max(float(np.abs(e).max()), 1e-12))
+    if not err <= PARITY_RTOL:
+      raise RuntimeError(f"{path}: onnxruntime differs from torch on {name}: relative error {err:.2e} > {PARITY_RTOL}")
+  return path
+
+
+def _check_graph(m: onnx.ModelProto, opset: int) -> None:
+  onnx.checker.check_model(m)
+  ops = {n.op_type for n in m.graph.node}
+  if "BatchNormalization" in ops:
+    raise RuntimeError("ONNX still has BatchNormalization nodes: BN folding failed")
+  version = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+  if version != opset:
+    raise RuntimeError(f"ONNX opset {version}, expected {opset}")
+  io = {v.name: (v.type.tensor_type.elem_type, tuple(d.dim_value for d in v.type.tensor_type.shape.dim))
+        for v in [*m.graph.input, *m.graph.output]}
+  want = {INPUT_NAME: (onnx.helper.np_dtype_to_tensor_dtype(np.dtype(INPUT_DTYPE)), INPUT_SHAPE),
+          **{k: (onnx.TensorProto.FLOAT, shape) for k, (shape, _) in OUTPUTS.items()}}
+  if io != want or [o.name for o in m.graph.output] != list(OUTPUT_NAMES):
+    raise RuntimeError(f"ONNX inputs/outputs {io} differ from the model_io contract {want}")
+
+
+def sha256_file(path: str | Path) -> str:
+  """Hex sha256 of a file (FairOutput.model_hash is its 32 raw bytes)."""
+  return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def model_id(cfg: StudentConfig, seed: int, trained: bool) -> str:
+  """e.g. "fairpilot-student-nano-random-init-seed0"."""
+  return f"fairpilot-student-{cfg.name}-{'trained' if trained else 'random-init'}-seed{seed}"
+
+
+def export_student(name: str, seed: int, out: str | Path, opset: int = 17) -> dict:
+  """Build the `name` student randomly initialised from `seed`, export it to `out` and write the
+  sidecar metadata `<out stem>.json` beside it; returns the metadata as written."""
+  cfg = student_config(name)
+  torch.manual_seed(seed)  # the whole init depends on this seed only: same seed, same weights
+  model = build_student(cfg).eval()
+  out = export_onnx(model, out, opset)
+  stats = model_stats(model)
+  meta = {
+    "model_id": model_id(cfg, seed, trained=False),
+    "trained": False,
+    "onnx": out.name,
+    "sha256": sha256_file(out),
+    "provenance": {
+      "config": asdict(cfg), "seed": seed,
+      "command": f"python -m tools.fair.students.export --config {name} --seed {seed} --out {out}"
+                 + (f" --opset {opset}" if opset != 17 else ""),
+      "torch": torch.__version__, "onnx_opset": opset, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    },
+    "input": {"name": INPUT_NAME, "shape": list(INPUT_SHAPE), "dtype": INPUT_DTYPE,
+              "meaning": "previous then current calibrated frame, each openpilot's 6x128x256 YUV420 packing"},
+    "outputs": [{"name": k, "shape": list(shape), "dtype": "float32", "meaning": meaning}
+                for k, (shape, meaning) in OUTPUTS.items()],
+    "params": stats.params,
+    "flops": stats.flops,
+  }
+  text = json.dumps(meta, indent=2) + "\n"
+  out.with_suffix(".json").write_text(text)
+  return json.loads(text)  # as written (tuples become lists)
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = argparse.ArgumentParser(prog="python -m tools.fair.students.export", description=__doc__.splitlines()[0])
+  p.add_argument("--config", default="nano", help="student size: nano | small")
+  p.add_argument("--seed", type=int, default=0, help="torch seed of the random initialisation")
+  p.add_argument("--out", default="selfdrive/modeld_fair/models/student.onnx", help="ONNX path (.json metadata beside)")
+  p.add_argument("--opset", type=int, default=17)
+  a = p.parse_args(argv)
+  torch.set_num_threads(1)
+  for name in ("torch.onnx", "onnxscript"):  # notices such as the opset 18 -> 17 conversion
+    logging.getLogger(name).setLevel(logging.ERROR)
+  meta = export_student(a.config, a.seed, a.out, a.opset)
+  print(f"{a.out}: {meta['model_id']}, {meta['params'] / 1e6:.2f} M params, {meta['flops'] / 1e9:.3f} GFLOPs, "
+        f"sha256 {meta['sha256'][:16]}...")
+
+
+if __name__ == "__main__":
+  main()
