@@ -13,7 +13,10 @@ from typing import Iterable, NoReturn
 
 import capnp
 import numpy as np
-from openpilot_logging.cereal import log
+try:  # comma's openpilot-logging package (it defers to an installed cereal itself)
+  from openpilot_logging.cereal import log
+except ImportError:  # inside an openpilot checkout on a device, where only openpilot's cereal exists
+  from cereal import log
 
 from selfdrive.modeld_fair.camera import MEDMODEL
 from selfdrive.modeld_fair.classes import IGNORE_ID, SEMANTIC_CLASSES
