@@ -14,6 +14,7 @@ COMMANDS = {
   "sim": ("tools.fair.sim.cli", "generate a driving segment with exact ground truth"),
   "inspect": ("tools.fair.overlay", "render a segment's frames with overlays to PNG/MP4"),
   "demo": ("tools.fair.demo", "run the main job on the bundled sample segments"),
+  "replay": ("tools.fair.replay", "run a segment through modeld_fair: rlog + overlay video + latency report"),
 }
 
 
