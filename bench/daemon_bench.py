@@ -28,7 +28,8 @@ from selfdrive.modeld_fair.model_io import OUTPUTS  # noqa: E402
 from selfdrive.modeld_fair.modeld_fair import LoopState, StageTimes, step  # noqa: E402
 from selfdrive.modeld_fair.nv12 import rgb_to_nv12  # noqa: E402
 from selfdrive.modeld_fair.sources import OUTPUT_SERVICE, Inputs, ZmqSource  # noqa: E402
-from selfdrive.modeld_fair.transport import CameraFrame, Subscriber  # noqa: E402
+from selfdrive.modeld_fair.nv12 import CameraFrame
+from selfdrive.modeld_fair.transport import Subscriber  # noqa: E402
 
 STAGES = ("warp", "decode", "serialize", "publish")
 FLUSH_BYTES = 32 << 20

@@ -16,7 +16,8 @@ from selfdrive.modeld_fair.camera import MICI_ROAD
 from selfdrive.modeld_fair.model_io import INPUT_SHAPE, OUTPUTS
 from selfdrive.modeld_fair.nv12 import nv12_layout, rgb_to_nv12
 from selfdrive.modeld_fair.sources import OUTPUT_SERVICE, DirectSource, Inputs
-from selfdrive.modeld_fair.transport import CameraFrame, Subscriber
+from selfdrive.modeld_fair.nv12 import CameraFrame
+from selfdrive.modeld_fair.transport import Subscriber
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data/samples/fairsim-mici-city-s2--0"

@@ -7,7 +7,8 @@ import pytest
 from openpilot_logging.cereal import log
 
 from selfdrive.modeld_fair.sources import OUTPUT_SERVICE, ZmqSource
-from selfdrive.modeld_fair.transport import FRAME_SERVICE, CameraFrame, Publisher, Subscriber, endpoint
+from selfdrive.modeld_fair.nv12 import CameraFrame
+from selfdrive.modeld_fair.transport import FRAME_SERVICE, Publisher, Subscriber, endpoint
 
 
 @pytest.fixture

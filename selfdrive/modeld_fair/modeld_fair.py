@@ -10,7 +10,7 @@ missing calibration or a silent camera each give a message with `valid = False` 
 `invalidReason`, and the next good frame is valid again. `run_once` is the loop's body; replay
 (tools/fair/replay.py) calls that same function frame by frame through a DirectSource.
 
-Imports stay light (numpy, pycapnp, pyzmq): the model runtime is imported only when the runner
+Imports stay light (numpy, pycapnp; pyzmq only for the standalone transport): the model runtime is imported only when the runner
 is made, and nothing here imports torch or transformers.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ from selfdrive.modeld_fair.nv12 import nv12_layout
 from selfdrive.modeld_fair.outputs import check_finite, check_shapes, decode_outputs
 from selfdrive.modeld_fair.runner import Runner, make_runner  # imports a back end only when a runner is made
 from selfdrive.modeld_fair.sources import Inputs, OpenpilotSource, Source, ZmqSource, openpilot_available
-from selfdrive.modeld_fair.transport import CameraFrame
+from selfdrive.modeld_fair.nv12 import CameraFrame
 
 MODEL_FREQ = 20                      # Hz, the camera's frame rate
 RECV_TIMEOUT_S = 0.1                 # the loop wakes at least this often: stop requests and disconnects are seen

@@ -16,6 +16,25 @@ def align(x: int, a: int) -> int:
   return (x + a - 1) // a * a
 
 
+FRAME_FIELDS = ("frame_id", "timestamp_sof", "timestamp_eof", "width", "height", "stride", "uv_offset")
+
+
+@dataclass(frozen=True, eq=False)
+class CameraFrame:
+  """One road-camera frame as VisionIPC hands it over: padded NV12 bytes and their metadata."""
+  frame_id: int
+  timestamp_sof: int   # ns
+  timestamp_eof: int   # ns
+  width: int
+  height: int
+  stride: int
+  uv_offset: int
+  data: np.ndarray     # flat uint8 buffer (may be read-only: a view into the received message)
+
+  def meta(self) -> dict[str, int]:
+    return {k: int(getattr(self, k)) for k in FRAME_FIELDS}
+
+
 @dataclass(frozen=True)
 class NV12Layout:
   width: int

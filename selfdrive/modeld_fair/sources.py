@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Protocol
 
 import capnp
-from openpilot_logging.cereal import log as capnp_log
 
-from cereal_ext.fair import DEFAULT_SLOT
-from selfdrive.modeld_fair.transport import FRAME_SERVICE, CameraFrame, Publisher, Subscriber
+from cereal_ext.fair import DEFAULT_SLOT, log as capnp_log  # openpilot's schema, wherever it comes from
+from selfdrive.modeld_fair.nv12 import CameraFrame
 
 OUTPUT_SERVICE = f"customReservedRawData{DEFAULT_SLOT}"  # the Event field FairModelOutput travels in
 INPUT_SERVICES = ("liveCalibration", "roadCameraState")
@@ -71,6 +70,8 @@ class ZmqSource:
   """Frames and messages from our pyzmq transport (transport.py) in `ipc_dir`."""
 
   def __init__(self, ipc_dir: str | Path | None = None):
+    # imported here: pyzmq is needed on PCs only, openpilot's device Python may not have it
+    from selfdrive.modeld_fair.transport import FRAME_SERVICE, Publisher, Subscriber
     self.frames = Subscriber(FRAME_SERVICE, ipc_dir, conflate=True)
     self.messages = [Subscriber(s, ipc_dir) for s in INPUT_SERVICES]
     self.output = Publisher(OUTPUT_SERVICE, ipc_dir)

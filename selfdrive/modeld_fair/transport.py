@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from selfdrive.modeld_fair.nv12 import FRAME_FIELDS, CameraFrame
+
 FRAME_SERVICE = "roadCameraFrames"
-FRAME_FIELDS = ("frame_id", "timestamp_sof", "timestamp_eof", "width", "height", "stride", "uv_offset")
 FRAME_SNDHWM = 2  # frames a publisher holds per subscriber before dropping: never a backlog
 EVENT_HWM = 1000  # events are small and must not be lost to a short stall (calibration arrives at 4 Hz)
 _LEN = struct.Struct("<I")  # the metadata length
@@ -54,22 +55,6 @@ def endpoint(service: str, ipc_dir: str | Path | None = None) -> str:
   if not service.isascii() or not service.isidentifier():
     raise ValueError(f"service names are ascii identifiers, got {service!r}")
   return f"ipc://{Path(ipc_dir or default_ipc_dir()) / service}"
-
-
-@dataclass(frozen=True, eq=False)
-class CameraFrame:
-  """One road-camera frame as VisionIPC hands it over: padded NV12 bytes and their metadata."""
-  frame_id: int
-  timestamp_sof: int   # ns
-  timestamp_eof: int   # ns
-  width: int
-  height: int
-  stride: int
-  uv_offset: int
-  data: np.ndarray     # flat uint8 buffer (may be read-only: a view into the received message)
-
-  def meta(self) -> dict[str, int]:
-    return {k: int(getattr(self, k)) for k in FRAME_FIELDS}
 
 
 @dataclass(frozen=True, eq=False)

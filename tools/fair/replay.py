@@ -35,7 +35,8 @@ from selfdrive.modeld_fair.medmodel_warp import warp_rgb, warp_tables
 from selfdrive.modeld_fair.modeld_fair import NO_CALIB, LoopState, StageTimes, run_once
 from selfdrive.modeld_fair.runner import Runner, make_runner
 from selfdrive.modeld_fair.sources import INPUT_SERVICES, OUTPUT_SERVICE, DirectSource, Inputs, update_inputs
-from selfdrive.modeld_fair.transport import FRAME_SERVICE, CameraFrame, Publisher
+from selfdrive.modeld_fair.nv12 import CameraFrame
+from selfdrive.modeld_fair.transport import FRAME_SERVICE, Publisher
 from tools.fair.overlay import Box, VideoSink, blend_semantic, colorize_depth, draw_boxes, draw_polylines, gt_panels, \
   label, mosaic, project_road_polyline
 from tools.fair.routes import Frame, Segment, SegmentWarning
