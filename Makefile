@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --no-cache-dir --disable-pip-version-check -q
 
-.PHONY: setup demo test test-slow bench samples
+.PHONY: setup demo test test-slow bench samples artifacts
 
 setup: $(STAMP)
 
@@ -31,3 +31,6 @@ bench: $(STAMP)
 
 samples: $(STAMP)
 	$(PY) -m tools.fair.samples --regenerate
+
+artifacts: $(STAMP)
+	$(VENV)/bin/scons -Q

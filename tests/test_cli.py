@@ -48,11 +48,16 @@ def test_user_errors_are_one_line(segment, tmp_path, capsys):
     main(["sim", "--out", str(tmp_path), "--scenario", "moon"])
 
 
-def test_demo_renders_every_bundled_sample(tmp_path, capsys):
-  assert main(["demo", "--out", str(tmp_path), "--max-frames", "2"]) == 0
-  videos = sorted(tmp_path.glob("*.mp4"))
+def test_demo_replays_every_bundled_sample(tmp_path, capsys):
+  """The README's main job: each sample through the daemon, one fair event per replayed frame."""
+  from cereal_ext.fair import from_events
+  assert main(["demo", "--out", str(tmp_path), "--max-frames", "3"]) == 0
   printed = capsys.readouterr().out
-  assert len(videos) == 2 and all(str(v) in printed for v in videos)
-  for v in videos:
-    with av.open(str(v)) as c:
-      assert sum(1 for _ in c.decode(video=0)) == 2
+  folders = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+  assert len(folders) == 2
+  for d in folders:
+    assert f"{d}/overlay.mp4" in printed
+    outputs = from_events(LogReader(str(d / "rlog.zst")))
+    assert len(outputs) == 3 and all(o.model_id.endswith("random-init-seed0") for _, o in outputs)
+    with av.open(str(d / "overlay.mp4")) as c:
+      assert sum(1 for _ in c.decode(video=0)) == 3
