@@ -27,3 +27,12 @@ def header(title: str, command: str) -> str:
   """A report section's heading with machine, date and the command that reproduces it."""
   return (f"## {title}\n\n- machine: {machine()}\n- date: {datetime.date.today().isoformat()}\n"
           f"- command: `{command}`\n")
+
+
+def write_report(path, text: str) -> None:
+  """Write a report section (creating docs/benchmarks/) and echo it."""
+  from pathlib import Path
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
+  print(text)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import header, pin_one_core  # noqa: E402
+from bench.common import header, pin_one_core, write_report  # noqa: E402
 from selfdrive.modeld_fair.camera import MICI_ROAD, TICI_ROAD, CameraModel  # noqa: E402
 from selfdrive.modeld_fair.model_io import OUTPUTS  # noqa: E402
 from selfdrive.modeld_fair.modeld_fair import LoopState, StageTimes, step  # noqa: E402
@@ -116,9 +116,7 @@ def main() -> int:
     "| camera | condition | warp | decode | serialize | publish | overhead |\n"
     "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) +
     "\n\nTarget: overhead (warp + decode + serialize + publish) p99 <= 2 ms per 1928x1208 frame.\n")
-  args.out.parent.mkdir(parents=True, exist_ok=True)
-  args.out.write_text(text)
-  print(text)
+  write_report(args.out, text)
   return 0
 
 

@@ -111,29 +111,36 @@ def road_positions(boxes: np.ndarray, depth: np.ndarray, camera: CameraModel,
   return out
 
 
-class DetrTeacher:
-  """DETR object detection → driving classes, boxes in model-frame pixels (tasks: "detection")."""
-  name = "detr"
-  tasks = ("detection",)
-  hf_ids = ("facebook/detr-resnet-50", "facebook/detr-resnet-101")
-  hf_revision = "no_timm"
+class _Detr:
+  """What both DETR teachers share: loading one transformers DETR class and the input size."""
+  model_class: type
 
-  def __init__(self, model: DetrForObjectDetection, weights: WeightsInfo, config: DetrTeacherConfig,
-               id2label: dict[int, str], device: str, dtype: torch.dtype):
+  def __init__(self, model, weights: WeightsInfo, config: DetrTeacherConfig, id2label: dict[int, str], device: str,
+               dtype: torch.dtype):
     self.model, self.weights, self.config, self.id2label = model, weights, config, id2label
     self.device, self.dtype = device, dtype
-    self.size = network_size(config.camera, config.scale, 32)   # the ResNet's stride: feature grids span the input
+    # stride 32 (the ResNet's): feature grids, and the panoptic head's stride-4 masks, span the whole input
+    self.size = network_size(config.camera, config.scale, 32)
 
   @classmethod
   def load(cls, weights: WeightsInfo, device: str = "cpu", dtype: torch.dtype | None = None,
            config: DetrTeacherConfig | None = None):
     """The teacher from resolved weights; dtype None picks bf16/fp16 on GPU, fp32 on CPU."""
-    model, id2label, dtype = _load(DetrForObjectDetection, weights, device, dtype)
+    model, id2label, dtype = _load(cls.model_class, weights, device, dtype)
     return cls(model, weights, config or DetrTeacherConfig(), id2label, device, dtype)
 
   @property
   def input(self) -> TeacherInput:
     return TeacherInput(self.config.camera)
+
+
+class DetrTeacher(_Detr):
+  """DETR object detection → driving classes, boxes in model-frame pixels (tasks: "detection")."""
+  name = "detr"
+  tasks = ("detection",)
+  hf_ids = ("facebook/detr-resnet-50", "facebook/detr-resnet-101")
+  hf_revision = "no_timm"
+  model_class = DetrForObjectDetection
 
   @torch.inference_mode()
   def __call__(self, frames: np.ndarray, depth: np.ndarray | None = None,
@@ -199,29 +206,13 @@ def panoptic_from_outputs(logits: torch.Tensor, masks: torch.Tensor, id2label: d
   return PanopticMaps(semantic, instance, segments, camera)
 
 
-class DetrPanopticTeacher:
+class DetrPanopticTeacher(_Detr):
   """DETR panoptic segmentation → our semantic classes + vehicle / pedestrian instances (tasks: "panoptic")."""
   name = "detr-panoptic"
   tasks = ("panoptic",)
   hf_ids = ("facebook/detr-resnet-50-panoptic", "facebook/detr-resnet-101-panoptic")
   hf_revision = "main"
-
-  def __init__(self, model: DetrForSegmentation, weights: WeightsInfo, config: DetrTeacherConfig,
-               id2label: dict[int, str], device: str, dtype: torch.dtype):
-    self.model, self.weights, self.config, self.id2label = model, weights, config, id2label
-    self.device, self.dtype = device, dtype
-    self.size = network_size(config.camera, config.scale, 32)   # masks come at stride 4 and span the input
-
-  @classmethod
-  def load(cls, weights: WeightsInfo, device: str = "cpu", dtype: torch.dtype | None = None,
-           config: DetrTeacherConfig | None = None):
-    """The teacher from resolved weights; dtype None picks bf16/fp16 on GPU, fp32 on CPU."""
-    model, id2label, dtype = _load(DetrForSegmentation, weights, device, dtype)
-    return cls(model, weights, config or DetrTeacherConfig(), id2label, device, dtype)
-
-  @property
-  def input(self) -> TeacherInput:
-    return TeacherInput(self.config.camera)
+  model_class = DetrForSegmentation
 
   @torch.inference_mode()
   def __call__(self, frames: np.ndarray) -> PanopticMaps:
