@@ -15,6 +15,7 @@ COMMANDS = {
   "inspect": ("tools.fair.overlay", "render a segment's frames with overlays to PNG/MP4"),
   "demo": ("tools.fair.demo", "run the main job on the bundled sample segments"),
   "replay": ("tools.fair.replay", "run a segment through modeld_fair: rlog + overlay video + latency report"),
+  "profile": ("tools.fair.profile", "a student's params, FLOPs, bytes, ops, CPU latency and Adreno 630 estimate"),
 }
 
 
