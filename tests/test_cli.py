@@ -61,3 +61,12 @@ def test_demo_replays_every_bundled_sample(tmp_path, capsys):
     assert len(outputs) == 3 and all(o.model_id.endswith("random-init-seed0") for _, o in outputs)
     with av.open(str(d / "overlay.mp4")) as c:
       assert sum(1 for _ in c.decode(video=0)) == 3
+
+
+def test_export_reproduces_the_bundled_student(tmp_path):
+  import json
+  assert main(["export", "--config", "nano", "--seed", "0", "--out", str(tmp_path / "s.onnx")]) == 0
+  meta = json.loads((tmp_path / "s.json").read_text())
+  bundled = json.loads(open("selfdrive/modeld_fair/models/student.json").read())
+  assert meta["model_id"] == bundled["model_id"] == "fairpilot-student-nano-random-init-seed0"
+  assert meta["trained"] is False and meta["params"] == bundled["params"]

@@ -14,6 +14,7 @@ COMMANDS = {
   "sim": ("tools.fair.sim.cli", "generate a driving segment with exact ground truth"),
   "inspect": ("tools.fair.overlay", "render a segment's frames with overlays to PNG/MP4"),
   "demo": ("tools.fair.demo", "run the main job on the bundled sample segments"),
+  "export": ("tools.fair.students.export", "export a student to ONNX with its metadata"),
   "replay": ("tools.fair.replay", "run a segment through modeld_fair: rlog + overlay video + latency report"),
   "profile": ("tools.fair.profile", "a student's params, FLOPs, bytes, ops, CPU latency and Adreno 630 estimate"),
 }

@@ -134,19 +134,29 @@ def export_student(name: str, seed: int, out: str | Path, opset: int = 17) -> di
   return json.loads(text)  # as written (tuples become lists)
 
 
-def main(argv: list[str] | None = None) -> None:
-  p = argparse.ArgumentParser(prog="python -m tools.fair.students.export", description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--config", default="nano", help="student size: nano | small")
   p.add_argument("--seed", type=int, default=0, help="torch seed of the random initialisation")
   p.add_argument("--out", default="selfdrive/modeld_fair/models/student.onnx", help="ONNX path (.json metadata beside)")
   p.add_argument("--opset", type=int, default=17)
-  a = p.parse_args(argv)
+
+
+def run(a: argparse.Namespace) -> int:
+  """`fair export`: export a (random-initialised) student to ONNX + metadata; trained checkpoints
+  arrive with the distillation issue."""
   torch.set_num_threads(1)
   for name in ("torch.onnx", "onnxscript"):  # notices such as the opset 18 -> 17 conversion
     logging.getLogger(name).setLevel(logging.ERROR)
   meta = export_student(a.config, a.seed, a.out, a.opset)
   print(f"{a.out}: {meta['model_id']}, {meta['params'] / 1e6:.2f} M params, {meta['flops'] / 1e9:.3f} GFLOPs, "
         f"sha256 {meta['sha256'][:16]}...")
+  return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = argparse.ArgumentParser(prog="python -m tools.fair.students.export", description=__doc__.splitlines()[0])
+  add_arguments(p)
+  run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
