@@ -1,4 +1,6 @@
 """The `fair` command end to end on tiny segments: sim -> stock LogReader -> inspect, and its errors."""
+from pathlib import Path
+
 import av
 import pytest
 from openpilot_logging.logreader import LogReader
@@ -67,6 +69,7 @@ def test_export_reproduces_the_bundled_student(tmp_path):
   import json
   assert main(["export", "--config", "nano", "--seed", "0", "--out", str(tmp_path / "s.onnx")]) == 0
   meta = json.loads((tmp_path / "s.json").read_text())
-  bundled = json.loads(open("selfdrive/modeld_fair/models/student.json").read())
+  import selfdrive.modeld_fair as pkg
+  bundled = json.loads((Path(pkg.__file__).parent / "models" / "student.json").read_text())
   assert meta["model_id"] == bundled["model_id"] == "fairpilot-student-nano-random-init-seed0"
   assert meta["trained"] is False and meta["params"] == bundled["params"]
