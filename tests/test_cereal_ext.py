@@ -9,7 +9,7 @@ import capnp
 import numpy as np
 import pytest
 import zstandard
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 from openpilot_logging.cereal import log
 from openpilot_logging.logreader import LogReader
@@ -18,7 +18,7 @@ from cereal_ext import (DEPTH_SHAPE, INVALID_REASONS, LANE_X, SCHEMA_PATH, SCHEM
                         FairMessageError, FairObject, FairOutput, LaneLine, Lanes, build_message, decode,
                         dequantize_depth, encode, fair_capnp, field_sizes, from_event, from_events, quantize_depth,
                         to_event)
-from cereal_ext.fair import MAX_OBJECTS
+from cereal_ext.fair import MAX_OBJECTS, _check_ego, _check_lines, _check_objects, _ego_ok, _lines_ok, _objects_ok
 from selfdrive.modeld_fair.camera import DEFAULT_CAMERA_HEIGHT, MEDMODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,6 +279,148 @@ def test_newer_enumerant_reads_as_unknown_and_glued_messages_fail():
   assert decode(data).invalid_reason == "unknown"
   with pytest.raises(FairMessageError, match="bytes but the message frames"):
     decode(data + data)
+
+
+# ---- the fast paths: the bytes of the plain build, the verdicts of the per-item checks
+
+def field_by_field(out: FairOutput) -> bytes:
+  """`out` encoded the plain way (build_message sets the header field by field, packs the class map through
+  a 16-bit view and checks lists vectorised; it must give these bytes, bit for bit)."""
+  m = fair_capnp.FairModelOutput.new_message(
+    schemaVersion=SCHEMA_VERSION, frameId=int(out.frame_id), frameIdExtra=int(out.frame_id_extra),
+    frameAge=int(out.frame_age), frameDropPerc=float(out.frame_drop_perc), timestampEof=int(out.timestamp_eof),
+    modelExecutionTime=float(out.model_execution_time), valid=out.valid, invalidReason=out.invalid_reason,
+    invalidDetail=out.invalid_detail, modelId=out.model_id, modelHash=bytes(out.model_hash))
+  f32 = lambda v: np.asarray(v, np.float32).tolist()
+  if out.depth is not None:
+    h, w = np.shape(out.depth)
+    m.depth = {"width": w, "height": h, "invDepthScale": SCALE, "values": quantize_depth(out.depth, SCALE).tobytes()}
+  if out.segmentation is not None:
+    s = np.asarray(out.segmentation)
+    nib = np.append(np.where(s == 255, 15, s).astype(np.uint8).ravel(), np.zeros(s.size % 2, np.uint8))
+    m.segmentation = {"width": s.shape[1], "height": s.shape[0], "cells": (nib[0::2] | nib[1::2] << 4).tobytes()}
+  if out.objects is not None:
+    for o, b in zip(out.objects, m.init("objects", len(out.objects))):
+      b.classId, b.score, b.trackId = int(o.class_id), float(o.score), int(o.track_id)
+      b.boxX0, b.boxY0, b.boxX1, b.boxY1 = map(float, o.box)
+      b.posX, b.posY, b.posZ = map(float, o.position)
+      b.velX, b.velY, b.velZ = map(float, o.velocity)
+  if out.lanes is not None:
+    m.lanes = {"x": f32(out.lanes.x),
+               "lines": [{"prob": float(ln.prob), "y": f32(ln.y), "z": f32(ln.z), "yStd": f32(ln.y_std),
+                          "zStd": f32(ln.z_std)} for ln in out.lanes.lines]}
+  if out.ego_motion is not None:
+    e = out.ego_motion
+    m.egoMotion = {"trans": f32(e.trans), "rot": f32(e.rot), "transStd": f32(e.trans_std), "rotStd": f32(e.rot_std)}
+  return m.to_bytes()
+
+
+def largest_output() -> FairOutput:
+  """Every list at its cap (odd point and cell counts: padded words), spilling over several segments."""
+  rng = np.random.default_rng(3)
+  n = 127
+  x = np.cumsum(rng.uniform(0.5, 2, n))
+  lines = [LaneLine(float(rng.uniform()), rng.normal(0, 5, n), rng.normal(0, 1, n), rng.uniform(0, 3, n),
+                    rng.uniform(0, 3, n)) for _ in range(8)]
+  objects = [FairObject(int(rng.integers(8)), float(rng.uniform()), (1.0, 2.0, 3.0 + i, 4.0),
+                        tuple(rng.normal(0, 9, 3)), tuple(rng.normal(0, 9, 3)), track_id=2**32 - 1 - i)
+             for i in range(MAX_OBJECTS)]
+  return FairOutput(depth=rng.uniform(0.5, 300, (256, 512)), segmentation=rng.choice([0, 3, 7, 255], (255, 511)),
+                    objects=objects, lanes=Lanes(lines, x), ego_motion=EgoMotion(*rng.uniform(0, 1, (4, 3))))
+
+
+def numpy_typed_output() -> FairOutput:
+  """Values of other types than the daemon's Python floats: numpy scalars and arrays, ints, bools, and a long
+  double that rounds differently straight to float32 than through float() (objects) or float64 (lists)."""
+  f, ld = np.float32, np.longdouble(1) + 2**-24 + 2**-60
+  objects = [FairObject(np.int64(4), f(0.5), np.array([1, 2, 3, 4]), [0, ld, np.float64(2.5)], (f(1), 0, -1),
+                        np.uint32(7)),
+             FairObject(True, 1, (0.0, 0.0, 0.0, 0.0), np.zeros(3, np.float16), np.ones(3), True)]
+  x = np.arange(1, 6)  # ints
+  lines = [LaneLine(np.float64(0.25), list(map(float, x)), np.zeros(5, np.int32), np.full(5, ld), np.ones(5, f))]
+  return FairOutput(frame_id=np.uint32(9), segmentation=np.full((3, 3), 255, np.int64), objects=objects,
+                    lanes=Lanes(lines, x), ego_motion=EgoMotion(np.ones(3), [1, 2, 3], (f(0),) * 3, np.ones(3, f)))
+
+
+@FUZZ
+@given(fair_outputs)
+def test_encoding_is_the_field_by_field_build(out):
+  assert encode(out) == field_by_field(out)
+
+
+@pytest.mark.parametrize("make", [realistic_output, largest_output, numpy_typed_output,
+                                  lambda: FairOutput(objects=[], lanes=Lanes([], np.array([1.0])))])
+def test_encoding_is_the_field_by_field_build_at_the_edges(make):
+  out = make()
+  assert encode(out) == field_by_field(out)
+
+
+def accepted(check) -> bool:
+  try:
+    check()
+  except Exception:  # FairMessageError, or what numpy raises for an odd value
+    return False
+  return True
+
+
+NON_FINITE = (np.nan, np.inf, -np.inf, 3.5e38, -3.5e38)
+NEGATIVE = NON_FINITE + (-1.0, -1e-30)  # bad for stds
+UNIT_BAD = st.sampled_from([np.nan, -0.1, 1.5, 1, True, np.array([0.5]), np.array([0.5, 0.5]), "0.5", None])
+
+
+@st.composite
+def spoilt(draw, n: int, bad=NON_FINITE):
+  """A length-n vector with one bad element, or one of the wrong length or type."""
+  v = list(draw(st.tuples(*[floats32] * n)))
+  v[draw(st.integers(0, n - 1))] = draw(st.sampled_from(bad))
+  return draw(st.sampled_from([tuple(v), np.array(v), v[:-1], v + [0.0], None, "abc", dict(enumerate(v))]))
+
+
+@st.composite
+def broken(draw, valid, bad: dict):
+  """A draw of `valid`, half of the time with one field replaced by a draw of its bad (or odd) values."""
+  item = draw(valid)
+  if draw(st.booleans()):
+    name = draw(st.sampled_from(sorted(bad)))
+    item = replace(item, **{name: draw(bad[name])})
+  return item
+
+
+BAD_OBJECT = {"class_id": st.sampled_from([-1, 8, 255, True, 4.0, np.int8(3), np.array(4), "4", None]),
+              "track_id": st.sampled_from([-1, 2**32, 2**32 - 1, True, np.uint64(5), 1.0, None]), "score": UNIT_BAD,
+              "box": spoilt(4) | st.sampled_from([(2.0, 0.0, 1.0, 1.0), (0.0, 2.0, 1.0, 1.0), ("1", "2", "3", "4")]),
+              "position": spoilt(3), "velocity": spoilt(3)}
+
+
+@st.composite
+def lane_lines(draw):
+  n = draw(st.integers(1, 6))
+  arr = lambda el: hnp.arrays(np.float32, n, elements=el)
+  line = st.builds(LaneLine, prob=unit, y=arr(floats32), z=arr(floats32), y_std=arr(nonneg), z_std=arr(nonneg))
+  bad = {"prob": UNIT_BAD, "y": spoilt(n), "z": spoilt(n), "y_std": spoilt(n, NEGATIVE), "z_std": spoilt(n, NEGATIVE)}
+  return draw(st.lists(broken(line, bad), min_size=1, max_size=3)), n
+
+
+@FUZZ
+@given(st.lists(broken(objects, BAD_OBJECT), min_size=1, max_size=3))
+@example([FairObject(4.0, 0.5, (0, 0, 1, 1), (0, 0, 0), (0, 0, 0))])
+@example([FairObject(4, 0.5, (0, 0, 1, 1), (0, 0, 0), (0, 0, 0), track_id=1.0)])
+@example([FairObject(4, 0.5, (0, 0, 1, 1), (0, 0, 0, 0), (0, 0))])  # 10 numbers, but not 4 + 3 + 3
+def test_vectorised_object_checks_agree_with_the_per_object_checks(objs):
+  assert _objects_ok(objs) == accepted(lambda: _check_objects(objs))
+
+
+@FUZZ
+@given(lane_lines())
+def test_vectorised_lane_checks_agree_with_the_per_line_checks(lines_n):
+  assert _lines_ok(*lines_n) == accepted(lambda: _check_lines(*lines_n))
+
+
+@FUZZ
+@given(broken(st.builds(EgoMotion, vec3, vec3, st.tuples(nonneg, nonneg, nonneg), st.tuples(nonneg, nonneg, nonneg)),
+              {"trans": spoilt(3), "rot": spoilt(3), "trans_std": spoilt(3, NEGATIVE), "rot_std": spoilt(3, NEGATIVE)}))
+def test_vectorised_ego_checks_agree_with_the_per_vector_checks(ego):
+  assert _ego_ok(ego) == accepted(lambda: _check_ego(ego))
 
 
 def test_schema_evolution_old_and_new_messages(tmp_path):

@@ -8,7 +8,8 @@ import pytest
 from cereal_ext import FairOutput, decode, encode
 from selfdrive.modeld_fair.camera import DEFAULT_CAMERA_HEIGHT, MEDMODEL, project_calib_points
 from selfdrive.modeld_fair.classes import CLASS_ID
-from selfdrive.modeld_fair.model_io import LANE_X, N_LANE_POINTS, N_LANES, OBJECT_STRIDE, OUTPUT_NAMES, OUTPUTS
+from selfdrive.modeld_fair.model_io import (LANE_X, N_LANE_POINTS, N_LANES, OBJECT_SEMANTIC_IDS, OBJECT_STRIDE,
+                                           OUTPUT_NAMES, OUTPUTS)
 from selfdrive.modeld_fair.outputs import LOG_STD_RANGE, check_finite, decode_outputs
 
 
@@ -127,6 +128,45 @@ def test_decoded_output_encodes():
   back = decode(encode(out))
   assert back.frame_id == 7 and len(back.objects) == 16
   np.testing.assert_array_equal(back.segmentation, out.segmentation)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_decoding_is_bit_exact_against_plain_numpy(seed):
+  """The fast paths (argmax as plane passes, separable 3x3 maximum, one exp for all lane stds) give exactly
+  what the plain numpy expressions give, ties and clipping included."""
+  rng = np.random.default_rng(seed)
+  raw = make_raw()
+  raw["seg_logits"][0] = rng.integers(-2, 3, (8, 64, 128))         # many ties: the first maximum wins
+  raw["obj_heatmap"][0] = rng.integers(0, 5, (2, 32, 64)) / 4       # plateaus
+  raw["obj_box"][0] = rng.normal(0, 300, (4, 32, 64))               # boxes past the frame's edges
+  raw["obj_depth"][0] = rng.uniform(1, 100, (1, 32, 64))
+  raw["lanes"][0] = rng.normal(0, 15, (N_LANES, N_LANE_POINTS, 4))  # log stds past LOG_STD_RANGE
+  raw["ego"][0] = rng.normal(0, 15, 12)
+  out = decode_outputs(raw, max_objects=10_000)  # all peaks
+  assert out.segmentation.dtype == np.uint8
+  np.testing.assert_array_equal(out.segmentation, np.argmax(raw["seg_logits"][0], axis=0))
+  std = lambda log_std: np.exp(np.clip(log_std, *LOG_STD_RANGE)).astype(np.float32)
+  for ln, want in zip(out.lanes.lines, raw["lanes"][0]):
+    for got, w in ((ln.y, want[:, 0]), (ln.z, want[:, 1]), (ln.y_std, std(want[:, 2])), (ln.z_std, std(want[:, 3]))):
+      assert got.dtype == np.float32 and got.tobytes() == w.astype(np.float32).tobytes()
+  ego = raw["ego"][0].astype(np.float64)
+  assert out.ego_motion.trans_std == tuple(std(ego[6:9]).tolist())
+  assert out.ego_motion.rot_std == tuple(std(ego[9:12]).tolist())
+  heat = raw["obj_heatmap"][0]
+  pad = np.pad(heat, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+  nbr = np.max([pad[:, dy:dy + 32, dx:dx + 64] for dy in range(3) for dx in range(3)], axis=0)
+  idx = np.flatnonzero((heat >= nbr) & (heat >= 0.3))
+  idx = idx[np.argsort(-heat.ravel()[idx], kind="stable")]
+  k, row, col = np.unravel_index(idx, heat.shape)
+  u, v = (col + 0.5) * OBJECT_STRIDE - 0.5, (row + 0.5) * OBJECT_STRIDE - 0.5
+  l, t, r, b = raw["obj_box"][0][:, row, col]
+  box = np.stack([np.clip(u - l, -0.5, 511.5), np.clip(v - t, -0.5, 255.5), np.clip(u + r, -0.5, 511.5),
+                  np.clip(v + b, -0.5, 255.5)], axis=1)
+  d = raw["obj_depth"][0, 0][row, col]
+  y = d * (u - MEDMODEL.cx) / MEDMODEL.focal
+  want = [(OBJECT_SEMANTIC_IDS[c], s, tuple(bx), (px, py, 0.0))
+          for c, s, bx, px, py in zip(k, heat.ravel()[idx].tolist(), box.tolist(), d.tolist(), y.tolist())]
+  assert len(want) > 16 and [(o.class_id, o.score, o.box, o.position) for o in out.objects] == want
 
 
 @pytest.mark.parametrize("name", OUTPUT_NAMES)
