@@ -17,6 +17,11 @@ COMMANDS = {
   "export": ("tools.fair.students.export", "export a student to ONNX with its metadata"),
   "replay": ("tools.fair.replay", "run a segment through modeld_fair: rlog + overlay video + latency report"),
   "profile": ("tools.fair.profile", "a student's params, FLOPs, bytes, ops, CPU latency and Adreno 630 estimate"),
+  "label": ("tools.fair.labels.cli", "pseudo-label segments with teachers into a sharded, resumable label store"),
+  "flow-train": ("tools.fair.flow.train", "train the unsupervised (UnSAMFlow-style) flow network on segments"),
+  "lanes": ("tools.fair.lanes.cli", "lane pseudo-labels: init lane points, track them, lift to the road frame"),
+  "train": ("tools.fair.distill.cli", "train / distil a student from a recipe config (resumes exactly)"),
+  "stats": ("tools.fair.data.stats", "dataset statistics and plots (class balance, depth, objects, lanes)"),
 }
 
 

@@ -8,19 +8,52 @@ detr-panoptic (our semantic classes + instances); depth_probe trains a linear de
 """
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from tools.fair.teachers.base import (DepthMaps, Detections, FeatureMaps, PanopticMaps, Segment, Teacher,
-                                      TeacherInput, default_dtype)
+from tools.fair.teachers.base import (DepthMaps, Detections, FeatureMaps, FlowMaps, PanopticMaps, Segment, Teacher,
+                                      TeacherInput, Tracks, VideoMasks, default_dtype)
 from tools.fair.teachers.detr import DetrPanopticTeacher, DetrTeacher, DetrTeacherConfig
 from tools.fair.teachers.dinov2 import DinoConfig, Dinov2Teacher, Dinov3Teacher
 from tools.fair.teachers.dpt_depth import DptDepthConfig, DptDepthTeacher
 from tools.fair.teachers.weights import HF_CACHE, WEIGHTS_ENV, MissingWeightsError, WeightsInfo, resolve_weights
 
-TEACHERS: dict[str, type[Teacher]] = {
-  t.name: t for t in (Dinov2Teacher, Dinov3Teacher, DptDepthTeacher, DetrTeacher, DetrPanopticTeacher)}
+# name -> "module:Class"; imported on first use so labelling with one family never pays for the others' imports
+_REGISTRY = {
+  "dinov2": "tools.fair.teachers.dinov2:Dinov2Teacher",
+  "dinov3": "tools.fair.teachers.dinov2:Dinov3Teacher",
+  "dpt-depth": "tools.fair.teachers.dpt_depth:DptDepthTeacher",
+  "detr": "tools.fair.teachers.detr:DetrTeacher",
+  "detr-panoptic": "tools.fair.teachers.detr:DetrPanopticTeacher",
+}
+
+
+def teacher_class(name: str) -> type[Teacher]:
+  """The teacher class registered as `name`; ValueError for unknown names."""
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown teacher {name!r} (known: {', '.join(_REGISTRY)})")
+  module, cls = _REGISTRY[name].split(":")
+  return getattr(importlib.import_module(module), cls)
+
+
+class _Teachers(Mapping):
+  """TEACHERS[name] -> class, importing lazily."""
+  def __getitem__(self, name: str) -> type[Teacher]:
+    if name not in _REGISTRY:
+      raise KeyError(name)
+    return teacher_class(name)
+
+  def __iter__(self):
+    return iter(_REGISTRY)
+
+  def __len__(self) -> int:
+    return len(_REGISTRY)
+
+
+TEACHERS: Mapping[str, type[Teacher]] = _Teachers()
 
 
 def load_teacher(name: str, weights_dir: str | Path | None = None, device: str = "cpu",
@@ -32,14 +65,16 @@ def load_teacher(name: str, weights_dir: str | Path | None = None, device: str =
   dataclass (DinoConfig, DptDepthConfig, DetrTeacherConfig), None for defaults. Raises
   MissingWeightsError naming the official ids and the exact path expected, ValueError for unknown names.
   """
-  if name not in TEACHERS:
-    raise ValueError(f"unknown teacher {name!r} (known: {', '.join(TEACHERS)})")
-  cls = TEACHERS[name]
-  weights = resolve_weights(name, cls.hf_ids, weights_dir, model_id, cls.hf_revision)
+  cls = teacher_class(name)
+  # teachers whose official weights are not Hugging Face folders (e.g. a CoTracker .pth) resolve their own
+  resolve = getattr(cls, "resolve_weights", None)
+  weights = (resolve(weights_dir, model_id) if resolve else
+             resolve_weights(name, cls.hf_ids, weights_dir, model_id, cls.hf_revision))
   return cls.load(weights, device, dtype, config)
 
 
-__all__ = ["TEACHERS", "HF_CACHE", "WEIGHTS_ENV", "DepthMaps", "Detections", "DetrPanopticTeacher", "DetrTeacher",
+__all__ = ["TEACHERS", "HF_CACHE", "WEIGHTS_ENV", "DepthMaps", "Detections", "FlowMaps", "Tracks", "VideoMasks",
+           "teacher_class", "DetrPanopticTeacher", "DetrTeacher",
            "DetrTeacherConfig", "DinoConfig", "Dinov2Teacher", "Dinov3Teacher", "DptDepthConfig", "DptDepthTeacher",
            "FeatureMaps", "MissingWeightsError", "PanopticMaps", "Segment", "Teacher", "TeacherInput", "WeightsInfo",
            "default_dtype", "load_teacher", "resolve_weights"]

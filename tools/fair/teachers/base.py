@@ -98,3 +98,34 @@ class PanopticMaps:
   instance: np.ndarray               # (B, H, W) int32 1..n per frame on vehicles / pedestrians, 0 elsewhere
   segments: list[tuple[Segment, ...]]
   camera: CameraModel
+
+
+# Pair and video teachers. input.clip == 2: __call__ takes (B, 2, H, W, 3) frame pairs (t-1, t) and returns
+# one result per pair; input.clip == 0: a video teacher, __call__ takes one clip (1, T, H, W, 3) of consecutive
+# frames (streamed, in order) and returns per-frame results for its T frames.
+
+@dataclass(frozen=True, eq=False)
+class FlowMaps:
+  """Forward optical flow from the first frame of each pair to the second, as tools.fair.sim.gt's flow."""
+  flow: np.ndarray       # (B, H, W, 2) float32 model-frame pixels (dx, dy) a first-frame pixel moves by
+  occlusion: np.ndarray  # (B, H, W) bool: the first-frame pixel is hidden or leaves the image in the second
+  camera: CameraModel
+
+
+@dataclass(frozen=True, eq=False)
+class Tracks:
+  """Point tracks through one clip: query point n is tracked over the clip's T frames."""
+  points: np.ndarray     # (T, N, 2) float32 model-frame pixel x, y (pixel centres at integers)
+  visible: np.ndarray    # (T, N) bool
+  camera: CameraModel
+
+
+@dataclass(frozen=True, eq=False)
+class VideoMasks:
+  """Objects segmented and tracked through one clip: object k keeps its id on every frame."""
+  instance: np.ndarray          # (T, H, W) int32 object id (ids[k]) per pixel, 0 = none (overlaps: higher score wins)
+  ids: np.ndarray               # (K,) int32 object ids, > 0, stable through the clip
+  presence: np.ndarray          # (T, K) bool: object k is visible on frame t
+  scores: np.ndarray            # (T, K) float32 per-frame mask confidence in [0, 1]
+  labels: tuple[str, ...]       # (K,) what prompted each object ("car", DETR class, "box", ...)
+  camera: CameraModel
