@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from tools.fair.teachers.base import (DepthMaps, Detections, FeatureMaps, FlowMaps, PanopticMaps, Segment, Teacher,
-                                      TeacherInput, Tracks, VideoMasks, default_dtype)
+from tools.fair.teachers.base import (DepthMaps, Detections, FeatureMaps, FlowMaps, PanopticMaps, Segment,
+                                      SemanticMaps, Teacher, TeacherInput, Tracks, VideoMasks, default_dtype)
 from tools.fair.teachers.detr import DetrPanopticTeacher, DetrTeacher, DetrTeacherConfig
 from tools.fair.teachers.dinov2 import DinoConfig, Dinov2Teacher, Dinov3Teacher
 from tools.fair.teachers.dpt_depth import DptDepthConfig, DptDepthTeacher
@@ -73,7 +73,7 @@ def load_teacher(name: str, weights_dir: str | Path | None = None, device: str =
   return cls.load(weights, device, dtype, config)
 
 
-__all__ = ["TEACHERS", "HF_CACHE", "WEIGHTS_ENV", "DepthMaps", "Detections", "FlowMaps", "Tracks", "VideoMasks",
+__all__ = ["TEACHERS", "HF_CACHE", "WEIGHTS_ENV", "DepthMaps", "Detections", "FlowMaps", "SemanticMaps", "Tracks", "VideoMasks",
            "teacher_class", "DetrPanopticTeacher", "DetrTeacher",
            "DetrTeacherConfig", "DinoConfig", "Dinov2Teacher", "Dinov3Teacher", "DptDepthConfig", "DptDepthTeacher",
            "FeatureMaps", "MissingWeightsError", "PanopticMaps", "Segment", "Teacher", "TeacherInput", "WeightsInfo",

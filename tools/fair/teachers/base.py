@@ -129,3 +129,11 @@ class VideoMasks:
   scores: np.ndarray            # (T, K) float32 per-frame mask confidence in [0, 1]
   labels: tuple[str, ...]       # (K,) what prompted each object ("car", DETR class, "box", ...)
   camera: CameraModel
+
+
+@dataclass(frozen=True, eq=False)
+class SemanticMaps:
+  """Semantic segmentation in the model frame with the teacher's class probabilities (soft labels for KD)."""
+  semantic: np.ndarray   # (B, H, W) uint8 classes.SEMANTIC_CLASSES, IGNORE_ID = no class of ours
+  probs: np.ndarray      # (B, C, H, W) float32 probabilities over classes.SEMANTIC_CLASSES (sum 1 per pixel)
+  camera: CameraModel
