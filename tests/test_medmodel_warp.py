@@ -149,3 +149,24 @@ def test_out_of_view_pixels_are_flagged():
   assert 0.05 < (~t.valid).mean() < 0.95
   # uncalibrated comma 3X: only the bottom model row reaches past the image (row 1207.5 + 0.01)
   assert (~warp_tables(TICI_ROAD, (0, 0, 0)).valid).sum() <= 512
+
+
+@settings(max_examples=12, deadline=None)
+@given(camera=st.sampled_from(CAMERAS), r=st.floats(-0.3, 0.3), p=st.floats(-0.3, 0.3), y=st.floats(-0.6, 0.6),
+       full_chroma=st.booleans(), seed=st.integers(0, 2**16))
+def test_numpy_back_end_gives_opencvs_bytes(camera, r, p, y, full_chroma, seed):
+  # inside openpilot (no OpenCV) the daemon warps with numpy: it must see exactly the pixels labels were made from,
+  # border replication far outside the image included (large yaw)
+  cv2 = pytest.importorskip("cv2")
+  import selfdrive.modeld_fair.medmodel_warp as mw
+  rgb = np.random.default_rng(seed).integers(0, 256, (camera.height, camera.width, 3), dtype=np.uint8)
+  buf, _ = rgb_to_nv12(rgb)
+  t = warp_tables(camera, (r, p, y), MEDMODEL.scaled(0.5) if full_chroma else MEDMODEL, full_chroma=full_chroma)
+  with_cv2 = warp_nv12(buf, t)
+  try:
+    mw.cv2 = None
+    with_numpy = warp_nv12(buf, t)
+  finally:
+    mw.cv2 = cv2
+  for a, b in zip(with_cv2, with_numpy):
+    np.testing.assert_array_equal(a, b)
