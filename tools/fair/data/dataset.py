@@ -206,14 +206,24 @@ def split_indices(cache: FrameCache, split: str, val_fraction: float = 0.1, seed
   return np.flatnonzero(is_val if split == "val" else ~is_val)
 
 
-def build(config: Mapping, split: str) -> StudentDataset:
+def build(config, split: str) -> StudentDataset | None:
   """The dataset of a training recipe (the distillation recipe hook calls this).
+
+  config: a mapping as below, or a recipe's [data] section (tools.fair.distill.recipe.DataSection), whose
+  `train` / `val` name one frame cache per split and whose `options` table holds the other keys.
 
   config keys: cache (path, required); labels (store path or None); teachers ({task: teacher name}, tasks
   in TASKS); use_gt (bool, default True); augment (None / "none" / "default" / "photometric" / "geometric",
   or {"name": ..., **AugmentConfig fields}; used for "train" only); val_fraction (default 0.1); seed (0).
   split: "train", "val" or "all". Returns a StudentDataset whose items follow the batch contract.
   """
+  if not isinstance(config, Mapping):
+    paths = config.train if split == "train" else config.val
+    if not paths:
+      return None
+    if len(paths) > 1:
+      raise ValueError(f"[data] {split}: one frame cache per split, got {len(paths)}")
+    config, split = {**config.options, "cache": paths[0], "val_fraction": 0.0}, "all"
   if "cache" not in config:
     raise ValueError("data config needs 'cache' (a frame cache folder)")
   cache = FrameCache(Path(config["cache"]))

@@ -1,0 +1,130 @@
+"""`fair train`: train / distil a student from a recipe TOML, resumable exactly.
+
+  fair train tools/fair/distill/recipes/nano_gt.toml [--resume] [--steps N] [--out DIR] [--device cpu|cuda]
+  fair train recipes/nano_distill.toml --compare recipes/dora_dinov2.toml   # DoRA vs full table, same data
+
+Bad recipes exit with status 2 and one line naming the file, section and key.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from tools.fair.distill.recipe import Recipe, build_dataset, load_recipe, with_overrides
+from tools.fair.distill.trainer import DistillationTrainer, FitResult, build_model
+
+
+def train_recipe(recipe: Recipe, device: str = "cpu", resume: bool = False, progress: bool = True,
+                 evaluate=None, max_steps: int | None = None) -> FitResult:
+  """Build the recipe's data (the [data] builder hook), teacher (online mode), model and trainer, then fit.
+  Refuses to start over a run folder that has checkpoints unless `resume`."""
+  if device == "cuda" and not torch.cuda.is_available():
+    raise ValueError("--device cuda: no CUDA device available")
+  train_ds = build_dataset(recipe.data, "train")
+  val_ds = build_dataset(recipe.data, "val")  # None or empty: no validation (then no best/)
+  val_ds = val_ds if val_ds is not None and len(val_ds) else None
+  teacher = None
+  if recipe.teacher.mode == "online":
+    from tools.fair.teachers import load_teacher
+    teacher = load_teacher(recipe.teacher.name, recipe.teacher.weights_dir, device, model_id=recipe.teacher.model_id)
+  trainer = DistillationTrainer(recipe, build_model(recipe), train_ds, val_ds, teacher=teacher, evaluate=evaluate,
+                                device=device, progress=progress)
+  if resume:
+    if not trainer.resume():
+      print(f"{recipe.run.out}: no checkpoint to resume, starting from step 0")
+  elif trainer.ckpt.list():
+    raise ValueError(f"{recipe.run.out} already holds checkpoints: pass --resume, or a new --out")
+  return trainer.fit(max_steps)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+  """One training run, a row of the DoRA vs full-distillation table."""
+  name: str
+  method: str              # "DoRA r=8" / "full"
+  metric: str
+  value: float             # the run's best value of `metric`
+  trainable_params: int
+  total_params: int
+  train_time_s: float
+  steps: int
+
+
+def compare_table(runs: list[RunSummary]) -> str:
+  """A markdown table of runs on the same data: quality, trainable parameters and training time."""
+  if not runs:
+    raise ValueError("no runs to compare")
+  lines = [f"| recipe | method | best {runs[0].metric} | trainable params | share | steps | train time (s) |",
+           "|---|---|---|---|---|---|---|"]
+  for r in runs:
+    lines.append(f"| {r.name} | {r.method} | {r.value:.4f} | {r.trainable_params:,} | "
+                 f"{100 * r.trainable_params / max(r.total_params, 1):.1f}% | {r.steps} | {r.train_time_s:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def summarize(recipe: Recipe, result: FitResult) -> RunSummary:
+  """The compare table's row of a finished run."""
+  method = f"DoRA r={recipe.dora.rank}" if recipe.dora.enabled else "full"
+  value = result.best_value if result.best_value is not None else float("nan")
+  return RunSummary(recipe.name, method, result.best_metric, value, result.trainable_params, result.total_params,
+                    result.train_time_s, result.step)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("config", help="recipe TOML (tools/fair/distill/recipes/*.toml)")
+  p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in the run folder")
+  p.add_argument("--steps", type=int, help="train for N optimizer steps in all (overrides [optim] epochs / steps)")
+  p.add_argument("--out", help="run folder (overrides [run] out)")
+  p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+  p.add_argument("--compare", metavar="CONFIG",
+                 help="also train this recipe (e.g. the DoRA variant) and write the comparison table")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(a: argparse.Namespace) -> int:
+  """`fair train`."""
+  if a.steps is not None and a.steps < 1:
+    raise ValueError(f"--steps must be >= 1, got {a.steps}")
+  recipes = [with_overrides(load_recipe(a.config), a.out, a.steps)]
+  if a.compare:
+    other = with_overrides(load_recipe(a.compare), None, a.steps)
+    if a.out:  # side by side in the given folder
+      recipes[0] = replace(recipes[0], run=replace(recipes[0].run, out=str(Path(a.out) / recipes[0].name)))
+      other = replace(other, run=replace(other.run, out=str(Path(a.out) / other.name)))
+    if other.data != recipes[0].data:
+      raise ValueError(f"--compare: {a.config} and {a.compare} must use the same [data] to be comparable")
+    recipes.append(other)
+  rows = []
+  for r in recipes:
+    res = train_recipe(r, a.device, a.resume, progress=not a.no_progress)
+    best = f"{res.best_metric} {res.best_value:.4f} at step {res.best_step}" if res.best_value is not None else "none"
+    print(f"{r.name}: {res.step} steps ({res.steps_per_s:.2f} steps/s), {res.trainable_params:,} trainable params; "
+          f"best {best}")
+    print(f"  checkpoints: {Path(r.run.out) / 'checkpoints'}  best: {Path(r.run.out) / 'best'}  "
+          f"log: {Path(r.run.out) / 'train.csv'}")
+    rows.append(summarize(r, res))
+  if a.compare:
+    table = compare_table(rows)
+    path = Path(recipes[0].run.out).parent / f"compare-{recipes[0].name}-vs-{recipes[1].name}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table)
+    print(table + f"table: {path}")
+  return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m tools.fair.distill.cli", description=__doc__.splitlines()[0])
+  add_arguments(p)
+  try:
+    return run(p.parse_args(argv))
+  except (ValueError, FileNotFoundError) as e:
+    print(f"fair train: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,239 @@
+"""Training recipes: one TOML file = one experiment, loaded into typed frozen dataclasses.
+
+  recipe = load_recipe("tools/fair/distill/recipes/nano_gt.toml")
+
+Unknown sections or keys, wrong types and out-of-range values raise ValueError naming the file, the
+section and the key. Relative paths are relative to the working directory (the repository root, where
+`fair train` runs), not to the TOML file.
+"""
+from __future__ import annotations
+
+import importlib
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from tools.fair.distill.losses import TERMS, LossConfig
+
+
+@dataclass(frozen=True)
+class StudentSection:
+  config: str = "nano"            # tools.fair.students CONFIGS name
+  init: str | None = None         # safetensors of a student state dict to start from
+
+
+@dataclass(frozen=True)
+class DataSection:
+  """Where samples come from; passed as is to the builder (see build_dataset)."""
+  builder: str = "tools.fair.data:build"   # "module:function" called as function(data_section, split)
+  train: tuple[str, ...] = ()              # dataset caches / label stores of the training split
+  val: tuple[str, ...] = ()
+  workers: int = 0                         # DataLoader worker processes
+  options: Mapping[str, typing.Any] = field(default_factory=dict)  # free-form, for the builder
+
+
+@dataclass(frozen=True)
+class TeacherSection:
+  """none: task targets only; offline: teacher outputs come in the batch; online: the teacher runs in the loop
+  on the current frame and its features are put in the batch under `key`."""
+  mode: str = "none"              # none | offline | online
+  name: str | None = None         # teacher registry name (online) or provenance (offline), e.g. "dinov2", "sam2"
+  weights_dir: str | None = None
+  model_id: str | None = None
+  key: str = "features"           # batch key the online teacher's features go to
+
+
+@dataclass(frozen=True)
+class OptimSection:
+  lr: float = 2e-3
+  weight_decay: float = 0.05
+  warmup_steps: int = 100
+  schedule: str = "cosine"        # cosine | constant (after warmup)
+  min_lr_ratio: float = 0.01      # cosine floor = lr * min_lr_ratio
+  grad_clip: float = 1.0          # max global grad norm, 0 = off
+  accumulate: int = 1             # micro-batches per optimizer step
+  epochs: int | None = 10         # training length: epochs, unless steps is set
+  steps: int | None = None        # optimizer steps (overrides epochs)
+  batch_size: int = 8
+  amp: bool = True                # bf16 autocast on cuda (fp16 + grad scaler where bf16 is missing); off on cpu
+  ema_decay: float = 0.0          # 0 = no EMA; else e.g. 0.999 (evaluation and best use the EMA weights)
+
+
+@dataclass(frozen=True)
+class DoraSection:
+  enabled: bool = False
+  rank: int = 8
+  alpha: float = 16.0
+  dropout: float = 0.0
+  target_modules: tuple[str, ...] = ("*",)   # fnmatch patterns over the student's module names
+  modules_to_save: tuple[str, ...] = ()      # modules trained fully next to the adapters (e.g. a new head)
+  freeze_bn: bool = True                     # BatchNorm statistics stay fixed (adapters only change weights)
+
+
+@dataclass(frozen=True)
+class RunSection:
+  seed: int = 0
+  out: str = "runs/default"
+  keep_last: int = 3
+  save_every: int = 0              # also checkpoint every N optimizer steps (0: at epoch ends only)
+  eval_every: int = 1              # validate every N epochs
+  log: tuple[str, ...] = ("csv",)  # csv and/or tensorboard
+  best_metric: str = "val/loss"
+  best_mode: str = "min"           # min | max
+
+
+@dataclass(frozen=True)
+class Recipe:
+  name: str
+  student: StudentSection = StudentSection()
+  data: DataSection = DataSection()
+  teacher: TeacherSection = TeacherSection()
+  loss: LossConfig = LossConfig()
+  optim: OptimSection = OptimSection()
+  dora: DoraSection = DoraSection()
+  run: RunSection = RunSection()
+
+
+SECTIONS = {"student": StudentSection, "data": DataSection, "teacher": TeacherSection, "loss": LossConfig,
+            "optim": OptimSection, "dora": DoraSection, "run": RunSection}
+
+
+def load_recipe(path: str | Path) -> Recipe:
+  """Parse and validate a recipe TOML (name = the file stem)."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"recipe {path} not found")
+  try:
+    table = tomllib.loads(path.read_text())
+  except tomllib.TOMLDecodeError as e:
+    raise ValueError(f"{path}: not valid TOML: {e}") from None
+  return recipe_from_dict(table, path.stem, where=str(path))
+
+
+def recipe_from_dict(table: Mapping, name: str, where: str = "recipe") -> Recipe:
+  """A Recipe from a TOML-like dict (sections as tables); `where` prefixes error messages."""
+  unknown = set(table) - set(SECTIONS) - {"name"}
+  if unknown:
+    raise ValueError(f"{where}: unknown section(s) {sorted(unknown)} (known: {', '.join(SECTIONS)})")
+  sections = {}
+  for sec, cls in SECTIONS.items():
+    sections[sec] = _build(cls, table.get(sec, {}), f"{where} [{sec}]")
+  recipe = Recipe(name=str(table.get("name", name)), **sections)
+  _validate(recipe, where)
+  return recipe
+
+
+def _build(cls, raw: Mapping, where: str):
+  if not isinstance(raw, Mapping):
+    raise ValueError(f"{where}: must be a table")
+  hints = typing.get_type_hints(cls)
+  known = {f.name for f in fields(cls)}
+  unknown = set(raw) - known
+  if unknown:
+    raise ValueError(f"{where}: unknown key(s) {sorted(unknown)} (known: {', '.join(sorted(known))})")
+  kwargs = {k: _coerce(v, hints[k], f"{where} {k}") for k, v in raw.items()}
+  if cls is LossConfig and "weights" in kwargs:  # a [loss.weights] table is the complete list: others are off
+    kwargs["weights"] = {**{k: 0.0 for k in TERMS}, **kwargs["weights"]}
+  return cls(**kwargs)
+
+
+def _coerce(v, tp, where: str):
+  origin, args = typing.get_origin(tp), typing.get_args(tp)
+  if origin in (typing.Union, types.UnionType):
+    if v is None and type(None) in args:
+      return None
+    return _coerce(v, next(a for a in args if a is not type(None)), where)
+  if tp is typing.Any:
+    return v
+  if origin is tuple:
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list):
+      raise ValueError(f"{where}: expected a list, got {v!r}")
+    return tuple(_coerce(x, args[0], where) for x in items)
+  if origin in (Mapping, dict) or typing.get_origin(origin) is Mapping:
+    if not isinstance(v, Mapping):
+      raise ValueError(f"{where}: expected a table, got {v!r}")
+    return {str(k): _coerce(x, args[1], f"{where}.{k}") for k, x in v.items()}
+  if tp is float and isinstance(v, int) and not isinstance(v, bool):
+    return float(v)
+  if tp in (int, float, str, bool) and (type(v) is not tp):
+    raise ValueError(f"{where}: expected {tp.__name__}, got {v!r}")
+  return v
+
+
+def _check(ok: bool, where: str, msg: str) -> None:
+  if not ok:
+    raise ValueError(f"{where}: {msg}")
+
+
+def _validate(r: Recipe, where: str) -> None:
+  from tools.fair.students.efficientvit import CONFIGS
+  _check(r.student.config in CONFIGS, f"{where} [student] config",
+         f"unknown student {r.student.config!r} (known: {', '.join(CONFIGS)})")
+  _check(":" in r.data.builder, f"{where} [data] builder", f"must be 'module:function', got {r.data.builder!r}")
+  _check(r.data.workers >= 0, f"{where} [data] workers", "must be >= 0")
+  _check(r.teacher.mode in ("none", "offline", "online"), f"{where} [teacher] mode",
+         f"must be none, offline or online, got {r.teacher.mode!r}")
+  _check(r.teacher.mode != "online" or r.teacher.name is not None, f"{where} [teacher] name",
+         "an online teacher needs a name")
+  lw = f"{where} [loss]"
+  unknown = set(r.loss.weights) - set(TERMS)
+  _check(not unknown, f"{lw} weights", f"unknown term(s) {sorted(unknown)} (known: {', '.join(TERMS)})")
+  _check(all(w >= 0 for w in r.loss.weights.values()), f"{lw} weights", "must be >= 0")
+  _check(any(w > 0 for w in r.loss.weights.values()), f"{lw} weights", "at least one term needs a weight > 0")
+  _check(r.loss.temperature > 0, f"{lw} temperature", "must be > 0")
+  _check(r.loss.feature_loss in ("mse", "cosine"), f"{lw} feature_loss", "must be 'mse' or 'cosine'")
+  _check(not (r.loss.weights["feat"] > 0 or r.loss.weights["at"] > 0) or bool(r.loss.features), f"{lw} features",
+         "feat / at weights need at least one student stage -> teacher key pair")
+  o, ow = r.optim, f"{where} [optim]"
+  _check(o.lr > 0, f"{ow} lr", "must be > 0")
+  _check(o.weight_decay >= 0, f"{ow} weight_decay", "must be >= 0")
+  _check(o.warmup_steps >= 0, f"{ow} warmup_steps", "must be >= 0")
+  _check(o.schedule in ("cosine", "constant"), f"{ow} schedule", "must be 'cosine' or 'constant'")
+  _check(0 <= o.min_lr_ratio <= 1, f"{ow} min_lr_ratio", "must be in [0, 1]")
+  _check(o.grad_clip >= 0, f"{ow} grad_clip", "must be >= 0")
+  _check(o.accumulate >= 1, f"{ow} accumulate", "must be >= 1")
+  _check(o.batch_size >= 1, f"{ow} batch_size", "must be >= 1")
+  _check(o.steps is not None or o.epochs is not None, f"{ow}", "set epochs or steps")
+  _check(o.steps is None or o.steps >= 1, f"{ow} steps", "must be >= 1")
+  _check(o.epochs is None or o.epochs >= 1, f"{ow} epochs", "must be >= 1")
+  _check(0 <= o.ema_decay < 1, f"{ow} ema_decay", "must be in [0, 1)")
+  d, dw = r.dora, f"{where} [dora]"
+  _check(d.rank >= 1, f"{dw} rank", "must be >= 1")
+  _check(d.alpha > 0, f"{dw} alpha", "must be > 0")
+  _check(0 <= d.dropout < 1, f"{dw} dropout", "must be in [0, 1)")
+  _check(bool(d.target_modules), f"{dw} target_modules", "must not be empty")
+  u, uw = r.run, f"{where} [run]"
+  _check(u.keep_last >= 1, f"{uw} keep_last", "must be >= 1")
+  _check(u.save_every >= 0, f"{uw} save_every", "must be >= 0")
+  _check(u.eval_every >= 1, f"{uw} eval_every", "must be >= 1")
+  _check(set(u.log) <= {"csv", "tensorboard"}, f"{uw} log", f"must be csv and/or tensorboard, got {list(u.log)}")
+  _check(u.best_mode in ("min", "max"), f"{uw} best_mode", "must be 'min' or 'max'")
+
+
+def with_overrides(r: Recipe, out: str | None = None, steps: int | None = None) -> Recipe:
+  """The recipe with the command line's --out / --steps applied."""
+  if out is not None:
+    r = replace(r, run=replace(r.run, out=out))
+  if steps is not None:
+    r = replace(r, optim=replace(r.optim, steps=steps))
+  return r
+
+
+def build_dataset(data: DataSection, split: str):
+  """The data side's hook: imports `data.builder` ("module:function", default tools.fair.data:build) lazily and
+  returns function(data, split) for split "train" or "val": a map-style torch Dataset whose items follow
+  notes/batch_contract.md (dicts of tensors with at least "img" and "index"); for "val" it may return None."""
+  if split not in ("train", "val"):
+    raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+  module, fn = data.builder.split(":", 1)
+  try:
+    mod = importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    raise ValueError(f"data builder {data.builder!r}: module {e.name!r} is not available") from None
+  if not hasattr(mod, fn):
+    raise ValueError(f"data builder {data.builder!r}: {module} has no {fn!r}")
+  return getattr(mod, fn)(data, split)
