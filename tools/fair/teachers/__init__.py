@@ -28,6 +28,8 @@ _REGISTRY = {
   "dpt-depth": "tools.fair.teachers.dpt_depth:DptDepthTeacher",
   "detr": "tools.fair.teachers.detr:DetrTeacher",
   "detr-panoptic": "tools.fair.teachers.detr:DetrPanopticTeacher",
+  "sam2": "tools.fair.teachers.sam2:Sam2Teacher",
+  "sam3": "tools.fair.teachers.sam3:Sam3Teacher",
 }
 
 
