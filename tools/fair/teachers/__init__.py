@@ -30,6 +30,7 @@ _REGISTRY = {
   "detr-panoptic": "tools.fair.teachers.detr:DetrPanopticTeacher",
   "sam2": "tools.fair.teachers.sam2:Sam2Teacher",
   "sam3": "tools.fair.teachers.sam3:Sam3Teacher",
+  "flow": "tools.fair.teachers.flow:FlowTeacher",
 }
 
 

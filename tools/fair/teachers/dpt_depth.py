@@ -11,7 +11,7 @@ patch grid is corrected exactly: depth = predicted depth x f_input / f_train.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,7 +29,9 @@ KITTI_FOCAL = 721.5377   # px, KITTI raw camera 2, the images DINOv2's KITTI hea
 class DptDepthConfig:
   """Input geometry and output range of the depth teacher."""
   camera: CameraModel = MEDMODEL   # input frames: uint8 RGB in this model frame
-  train_focal: float = KITTI_FOCAL # focal length (px) of the head's training images (NYU heads: 518.8)
+  train_focal: float | None = None # focal length (px) of the head's training images; None: the checkpoint's
+                                   # config.fair_train_focal (heads trained by fairpilot), else KITTI's
+                                   # (official heads; NYU heads: 518.8)
   scale: float | None = None       # network input = model frame x scale; None: train_focal / camera.focal
   min_depth: float = 1e-3          # m; the head ends in a ReLU and DINOv2 adds this floor after it
 
@@ -45,6 +47,8 @@ class DptDepthTeacher:
 
   def __init__(self, model: DPTForDepthEstimation, weights: WeightsInfo, config: DptDepthConfig, device: str,
                dtype: torch.dtype):
+    if config.train_focal is None:
+      config = replace(config, train_focal=float(getattr(model.config, "fair_train_focal", KITTI_FOCAL)))
     self.model, self.weights, self.config, self.device, self.dtype = model, weights, config, device, dtype
     cam = config.camera
     scale = config.train_focal / cam.focal if config.scale is None else config.scale

@@ -1,0 +1,261 @@
+"""UnSAMFlow-style flow (tools/fair/flow): losses with known answers, the cost volume against a loop, ego-motion and
+object velocities from exact flow + depth, FlowTeacher weights through the real DIR/flow/ path, exact resume."""
+import dataclasses
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from tools.fair.bench.metrics.egomotion import relative_pose_errors  # noqa: E402
+from tools.fair.flow.losses import (LossConfig, apply_homography, fit_homography, homography_loss,  # noqa: E402
+                                    photometric_loss, smoothness_loss, ssim, unsupervised_loss)
+from tools.fair.flow.model import FlowNet, FlowNetConfig, correlation, fb_occlusion, warp  # noqa: E402
+from tools.fair.flow.motion import ego_motion, object_velocities, scene_relative_pose  # noqa: E402
+from tools.fair.flow.train import TrainConfig, evaluate, gt_segments, load_pairs, train_flow  # noqa: E402
+from tools.fair.sim import SCENARIOS, make_scene  # noqa: E402
+from tools.fair.sim.cli import write_segment  # noqa: E402
+from tools.fair.sim.gt import gt_camera, scene_gt  # noqa: E402
+from tools.fair.teachers.base import FlowMaps  # noqa: E402
+from tools.fair.teachers.flow import FlowTeacher  # noqa: E402
+from tools.fair.teachers.weights import MissingWeightsError  # noqa: E402
+
+TINY = FlowNetConfig(channels=(8, 8, 12), output_level=2, radius=2, reduce=8, estimator=(16, 8), context=(8, 8),
+                     dilations=(1, 2))
+
+
+def _smooth_image(h=32, w=48, seed=0) -> torch.Tensor:
+  g = torch.Generator().manual_seed(seed)
+  x = torch.rand(1, 3, h // 4, w // 4, generator=g)
+  return F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+# ---- losses with known answers
+
+def test_correlation_matches_a_naive_loop():
+  g = torch.Generator().manual_seed(1)
+  f1, f2 = torch.randn(2, 5, 6, 7, generator=g), torch.randn(2, 5, 6, 7, generator=g)
+  r = 2
+  out = correlation(f1, f2, r)
+  assert out.shape == (2, 25, 6, 7)
+  ref = torch.zeros_like(out)
+  for dy in range(-r, r + 1):
+    for dx in range(-r, r + 1):
+      for y in range(6):
+        for x in range(7):
+          if 0 <= y + dy < 6 and 0 <= x + dx < 7:
+            ref[:, (dy + r) * 5 + dx + r, y, x] = (f1[:, :, y, x] * f2[:, :, y + dy, x + dx]).mean(1)
+  torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_photometric_loss_is_zero_for_the_exact_flow_and_larger_for_a_wrong_one():
+  img2 = _smooth_image()
+  yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(48.0), indexing="ij")
+  flow = torch.stack([1.5 + 0.05 * yy, 0.7 - 0.02 * xx])[None]   # a smooth sub-pixel field
+  img1 = warp(img2, flow)    # the first frame's pixel p is the second frame's p + flow(p)
+  visible = ~fb_occlusion(flow, -flow)   # away from the border p + flow stays inside
+  assert visible.float().mean() > 0.8
+  exact = photometric_loss(img1, warp(img2, flow), visible)
+  wrong = photometric_loss(img1, warp(img2, flow + torch.tensor([1.0, -1.0]).view(1, 2, 1, 1)), visible)
+  assert exact.item() < 1e-6 and wrong.item() > 0.01
+
+
+def test_photometric_loss_prefers_the_generators_flow_on_a_rendered_pair():
+  scene = make_scene(5, 0.2, "mici", dataclasses.replace(SCENARIOS["highway"], noise=0.0))
+  cam, rpy = gt_camera(scene, "model", (128, 64))
+  g0, g1 = scene_gt(scene, 1, cam, rpy, "model"), scene_gt(scene, 2, cam, rpy, "model")
+  img1, img2 = (torch.from_numpy(g.rgb).permute(2, 0, 1)[None].float() / 255 for g in (g0, g1))
+  flow = torch.from_numpy(g0.flow).permute(2, 0, 1)[None]
+  moving = torch.from_numpy(g0.flow_valid)[None, None] & (flow.norm(dim=1, keepdim=True) > 1)
+  assert moving.float().mean() > 0.2
+  exact, zero, reversed_ = (photometric_loss(img1, warp(img2, f), moving).item() for f in (flow, 0 * flow, -flow))
+  # the renderer's texture aliasing leaves a residual even for the exact flow; the order is what matters
+  assert exact < 0.9 * zero < 0.9 * reversed_, (exact, zero, reversed_)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1))
+def test_ssim_of_identical_images_is_one(seed):
+  x = torch.rand(1, 3, 9, 11, generator=torch.Generator().manual_seed(seed))
+  torch.testing.assert_close(ssim(x, x), torch.ones_like(x), atol=1e-5, rtol=0)
+  assert ssim(x, 1 - x).mean() < 0.9
+
+
+def test_smoothness_is_zero_for_constant_and_affine_flow_and_positive_for_a_kink():
+  img = torch.full((1, 3, 32, 48), 0.5)   # no image edges: full weight everywhere
+  yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(48.0), indexing="ij")
+  assert smoothness_loss(torch.full((1, 2, 32, 48), 3.0), img).item() == 0
+  affine = torch.stack([0.1 * xx + 0.2 * yy, -0.3 * xx])[None]
+  assert smoothness_loss(affine, img).item() < 1e-5
+  kink = torch.stack([(xx - 24).abs(), torch.zeros_like(xx)])[None]
+  # |d2| = 2 on one of 46 columns of one of the 2 channels, x term halved
+  assert smoothness_loss(kink, img).item() == pytest.approx(2 / 46 / 2 / 2, rel=1e-5)
+  edge = img.clone()
+  edge[..., 24:] = 1.0                 # an image edge at the kink: edge-aware weights switch it off
+  assert smoothness_loss(kink, edge).item() < 1e-15
+  # the kink lies on a segment boundary: with segments it is not penalised (UnSAMFlow's boundary-aware term)
+  segs = (xx >= 24).long()[None] + 1
+  assert smoothness_loss(kink, img, segments=segs).item() == 0
+
+
+def test_forward_backward_check_finds_the_occluded_block_and_the_right_border():
+  h, w = 20, 30
+  fw = torch.zeros(1, 2, h, w)
+  fw[:, 0] = 2.0
+  bw = -fw.clone()
+  bw[:, :, 5:10, 12:18] = 3.0          # the second frame's block does not map back: the pixels landing there are hidden
+  occ = fb_occlusion(fw, bw)[0, 0]
+  expect = torch.zeros(h, w, dtype=torch.bool)
+  expect[5:10, 10:16] = True           # x + 2 in 12..17
+  expect[:, w - 2:] = True             # x + 2 > w - 0.5 leaves the image
+  assert torch.equal(occ, expect)
+
+
+def test_homography_fit_and_loss():
+  h = torch.tensor([[1.02, 0.01, 3.0], [0.005, 0.98, -2.0], [1e-4, -2e-4, 1.0]], dtype=torch.float64)
+  pts = torch.rand(60, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 50
+  torch.testing.assert_close(fit_homography(pts, apply_homography(h, pts)), h, atol=1e-8, rtol=1e-8)
+  yy, xx = torch.meshgrid(torch.arange(24.0), torch.arange(32.0), indexing="ij")
+  grid = torch.stack([xx, yy], -1).reshape(-1, 2).double()
+  flow = (apply_homography(h, grid) - grid).float().T.reshape(1, 2, 24, 32).contiguous()
+  segs = torch.ones(1, 24, 32, dtype=torch.long)
+  occ = torch.zeros(1, 1, 24, 32, dtype=torch.bool)
+  assert homography_loss(flow, segs, occ).item() < 1e-4   # already a homography: nothing to pull
+  bad = flow.clone()
+  bad[:, :, 2:5, 2:5] += 4.0                              # a few outliers: refitted without them, pulled back
+  occ_bad = occ.clone()
+  occ_bad[:, :, 2:5, 2:5] = True                          # ... even where occluded
+  loss = homography_loss(bad.requires_grad_(), segs, occ_bad)
+  assert loss.item() == pytest.approx(9 * 8.0 / (24 * 32), rel=1e-3)
+  assert homography_loss(flow, torch.zeros_like(segs), occ).item() == 0   # no segment, no term
+
+
+def test_flownet_shapes_and_bidirectional_loss():
+  net = FlowNet(FlowNetConfig(output_level=2))
+  assert sum(p.numel() for p in net.parameters()) < 3_000_000
+  net = FlowNet(TINY)
+  img1, img2 = _smooth_image(42, 58, 1), _smooth_image(42, 58, 2)   # not multiples of 8: padded inside
+  flows = net(img1, img2, backward=True)
+  assert [tuple(f.shape) for f in flows] == [(2, 2, 42, 58), (2, 2, 6, 8)]
+  segs = torch.ones(2, 42, 58, dtype=torch.long)
+  terms = unsupervised_loss(flows, img1, img2, segs, LossConfig())
+  terms.total.backward()
+  assert np.isfinite(terms.total.item()) and terms.photometric > 0
+  assert all(p.grad is not None for p in net.parameters())
+
+
+# ---- ego-motion and object velocity from exact flow + depth
+
+@pytest.fixture(scope="module")
+def cut_in():
+  return make_scene(2, 2.5, "mici", "cut_in")
+
+
+def test_ego_motion_from_exact_flow_and_depth_beats_constant_velocity(cut_in):
+  cam, rpy = gt_camera(cut_in, "model", (128, 64))
+  f = 40
+  g = scene_gt(cut_in, f, cam, rpy, "model")
+  est = ego_motion(g.flow, g.depth, cam, static=g.flow_valid & (g.instance == 0), dt=1 / cut_in.fps)
+  truth = scene_relative_pose(cut_in, f)
+  err = relative_pose_errors((est.rotation, est.translation), truth)
+  cv = relative_pose_errors(scene_relative_pose(cut_in, f - 1), truth)   # constant velocity: last pair's motion
+  assert err.trans_m < 1e-4 and err.rot_deg < 1e-4, err                # stated tolerance: 0.1 mm, 1e-4 degrees
+  assert err.trans_m < cv.trans_m and err.rot_deg < cv.rot_deg
+  assert est.velocity[0] == pytest.approx(g.ego.v, rel=0.01)
+  assert est.yaw_rate == pytest.approx(g.ego.yaw_rate, abs=0.01)
+  with pytest.raises(ValueError, match="usable pixels"):
+    ego_motion(g.flow, g.depth, cam, static=np.zeros_like(g.flow_valid))
+  with pytest.raises(ValueError, match="need flow"):
+    ego_motion(g.flow[:-1], g.depth, cam)
+
+
+def test_object_velocity_from_flow_depth_and_masks_matches_box3d(cut_in):
+  cam, rpy = gt_camera(cut_in, "model", (256, 128))
+  f = 40
+  g, g1 = scene_gt(cut_in, f, cam, rpy, "model"), scene_gt(cut_in, f + 1, cam, rpy, "model")
+  ego = ego_motion(g.flow, g.depth, cam, static=g.flow_valid & (g.instance == 0), dt=1 / cut_in.fps)
+  objs = object_velocities(g.flow, g.depth, g1.depth, g.instance, cam, ego, valid=g.flow_valid)
+  boxes = {b.id: b for b in g.boxes3d}
+  big = [o for o in objs if o.n_pixels >= 500]
+  assert big, [o.n_pixels for o in objs]
+  for o in big:   # stated tolerance: 0.25 m/s (forward vs central differences, turning bodies)
+    np.testing.assert_allclose(o.velocity, boxes[o.id].velocity, atol=0.25)
+    np.testing.assert_allclose(o.rel_velocity, boxes[o.id].rel_velocity, atol=0.25)
+
+
+# ---- training: FlowTeacher weights and exact resume
+
+@pytest.fixture(scope="module")
+def segment(tmp_path_factory):
+  return write_segment(make_scene(4, 0.25, "mici", "cut_in"), tmp_path_factory.mktemp("flowseg"), progress=False)
+
+
+@pytest.fixture
+def one_thread():
+  """Single-threaded torch: far faster for these tiny tensors on a busy 2-core machine; restored afterwards."""
+  n = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(n)
+
+
+def test_gt_segments_split_stuff_into_components():
+  sem = np.array([[0, 0, 7, 7], [3, 0, 7, 3], [3, 3, 0, 0]], np.uint8)
+  inst = np.array([[0, 0, 0, 0], [0, 5, 0, 0], [0, 0, 0, 0]], np.int32)
+  seg = gt_segments(sem, inst)
+  assert seg[1, 1] != seg[0, 0] and seg[0, 0] == seg[0, 1]          # the actor is its own segment
+  assert seg[2, 2] == seg[2, 3] != seg[0, 0]                         # two road components
+  assert seg[1, 3] != seg[1, 0] and set(np.unique(seg)) == set(range(1, seg.max() + 1))
+
+
+def test_flow_train_resumes_exactly_and_writes_what_flowteacher_loads(segment, tmp_path, one_thread):
+  config = TrainConfig((str(segment),), scale=0.25, masks="gt", net=TINY, batch=2, warmup=2, occ_from=2, holdout=0.25)
+  data = load_pairs(config.segments, config.scale, config.masks, config.holdout, progress=False)
+  assert data.train == [(0, 0), (0, 1)] and data.held == [(0, 3)] and data.segments[0].shape == (5, 64, 128)
+  ref, step = train_flow(config, tmp_path / "a", steps=4, save_every=2, progress=False, data=data)
+  assert step == 4
+  train_flow(config, tmp_path / "b", steps=4, save_every=2, progress=False, data=data, halt_after=3)   # "killed"
+  resumed, step = train_flow(config, tmp_path / "b", steps=4, save_every=2, progress=False, data=data)   # from 2
+  assert step == 4
+  for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+    assert torch.equal(a, b), k
+  result = evaluate(ref, data)   # the held-out pair against the generator's flow at the same 128x64 frame
+  assert result["pairs"] == 1 and result["frame"] == "medmodelx0.25 128x64" and result["valid_pixels"] > 4000
+  assert np.isfinite(result["epe"]) and result["zero_epe"] > 0.5 and 0 <= result["fl_all"] <= 1
+  assert result["ego_gt_flow"]["trans_m"] < 1e-3 and set(result["ego_flow"]) == {"trans_m", "trans_rel_pct", "rot_deg"}
+  with pytest.raises(ValueError, match="other settings"):
+    train_flow(TrainConfig((str(segment),), lr=1e-3, net=TINY), tmp_path / "b", steps=6, progress=False, data=data)
+
+  weights = tmp_path / "a"
+  info = FlowTeacher.resolve_weights(weights)
+  assert info.path == weights / "flow" and info.teacher == "flow" and len(info.sha256) == 64
+  saved = load_file(str(weights / "flow" / "model.safetensors"))
+  assert all(torch.equal(saved[k], v) for k, v in ref.state_dict().items())
+  teacher = FlowTeacher.load(info)
+  assert teacher.input.clip == 2 and (teacher.input.camera.width, teacher.input.camera.height) == (128, 64)
+  pairs = np.stack([data.frames[0][0:2], data.frames[0][3:5]])
+  out = teacher(pairs)
+  assert isinstance(out, FlowMaps) and out.flow.shape == (2, 64, 128, 2) and out.occlusion.shape == (2, 64, 128)
+  x = torch.from_numpy(pairs).permute(0, 1, 4, 2, 3).float() / 255
+  flow, occ = ref.predict(x[:, 0], x[:, 1])
+  np.testing.assert_allclose(out.flow, flow.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+  assert np.array_equal(out.occlusion, occ[:, 0].numpy())
+  with pytest.raises(ValueError, match="frame pairs"):
+    teacher(pairs[:, 0])
+
+
+def test_flowteacher_missing_weights_say_how_to_train_them(tmp_path, monkeypatch):
+  monkeypatch.delenv("FAIR_WEIGHTS_DIR", raising=False)
+  with pytest.raises(MissingWeightsError, match="no official weights exist.*fair flow-train"):
+    FlowTeacher.resolve_weights()
+  with pytest.raises(MissingWeightsError) as e:
+    FlowTeacher.resolve_weights(tmp_path)
+  assert str(tmp_path / "flow") in str(e.value) and "fair flow-train" in str(e.value)
+  with pytest.raises(ValueError, match="no official model ids"):
+    FlowTeacher.resolve_weights(tmp_path, "facebook/unsamflow")

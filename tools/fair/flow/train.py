@@ -1,0 +1,348 @@
+"""`fair flow-train`: train the UnSAMFlow-style flow network on segments, without flow labels.
+
+Frames: every segment's road video decoded and warped into the calibrated model frame at `--scale`
+(medmodel_warp.warp_rgb, the pixels teachers see); pairs (t, t + 1). The last `--holdout` fraction of each
+segment's pairs is held out (the pair bridging train and held-out frames is dropped). Masks for the UnSAMFlow
+terms (`--masks`):
+  none         photometric + smoothness only (ARFlow);
+  gt           simulated segments only: the generator's ground truth as a stand-in for SAM's everything-mode
+               masks: actor instances, and connected components of the semantic map for the rest (road, sky, ...);
+  store:PATH   a SAM 2 teacher's VideoMasks instance maps from a label store (teacher "sam2"; objects only).
+Training: AdamW, batches of random pairs (random horizontal flips), the forward-backward occlusion check from
+`--occ-from` steps on. Every `--save-every` steps and at the end an atomic checkpoint DIR/train/checkpoint.pt
+(model, optimiser, sampling RNG, step) is written; a run on an existing DIR resumes from it exactly (refusing other
+settings). At the end DIR/flow/ (config.json + model.safetensors: what teachers.flow.FlowTeacher loads) is written
+and, for simulated segments, the held-out pairs are evaluated against the generator's exact flow (EPE, Fl, vs
+zero flow) and ego-motion from predicted flow + ground-truth depth (vs constant-velocity baselines) into
+DIR/eval.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
+from selfdrive.modeld_fair.classes import IGNORE_ID
+from selfdrive.modeld_fair.medmodel_warp import warp_rgb, warp_tables
+from tools.fair.bench.metrics.egomotion import relative_pose_errors
+from tools.fair.flow.losses import LossConfig, unsupervised_loss
+from tools.fair.flow.model import FlowNet, FlowNetConfig
+from tools.fair.flow.motion import ego_motion, scene_relative_pose
+from tools.fair.routes import Segment
+from tools.fair.sim.gt import load_segment_scene, render_gt
+
+MASK_TEACHER = "sam2"   # the label-store teacher whose VideoMasks feed --masks store:PATH
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+  """Everything that determines the trained weights (a resumed run must match it)."""
+  segments: tuple[str, ...]
+  scale: float = 0.25
+  masks: str = "none"
+  net: FlowNetConfig = field(default_factory=lambda: FlowNetConfig(output_level=2))
+  loss: LossConfig = field(default_factory=LossConfig)
+  batch: int = 4
+  lr: float = 4e-4
+  weight_decay: float = 1e-4
+  warmup: int = 50          # linear learning-rate warm-up steps
+  occ_from: int = 150       # steps before the forward-backward occlusion check is used
+  holdout: float = 0.2
+  seed: int = 0
+
+  def to_json(self) -> str:
+    return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True, eq=False)
+class PairData:
+  """Frames of all segments in the model frame, with the training and held-out pair indices."""
+  camera: CameraModel
+  frames: list[np.ndarray]              # per segment (N, H, W, 3) uint8
+  segments: list[np.ndarray | None]     # per segment (N, H, W) int32 segment maps, or None
+  train: list[tuple[int, int]]          # (segment, t) of training pairs
+  held: list[tuple[int, int]]           # (segment, t) of held-out pairs
+  paths: list[Path]
+
+
+def gt_segments(semantic: np.ndarray, instance: np.ndarray) -> np.ndarray:
+  """The 'everything' segment map made of ground truth, as SAM's automatic masks would split the frame: one
+  segment per actor instance, and one per connected component of each semantic class elsewhere. Ids 1..K
+  (consecutive, as losses.homography_loss wants); 0 for unlabelled pixels."""
+  out = np.where(instance > 0, instance.astype(np.int64), 0)
+  next_id = int(out.max()) + 1
+  for c in np.unique(semantic):
+    if c == IGNORE_ID:
+      continue
+    n, comp = cv2.connectedComponents(((semantic == c) & (instance == 0)).astype(np.uint8), connectivity=4)
+    m = comp > 0
+    out[m] = comp[m] + next_id - 1
+    next_id += n - 1
+  return compact_ids(out)
+
+
+def compact_ids(seg: np.ndarray) -> np.ndarray:
+  """Segment map relabelled to 1..K in order of the old ids (0 stays 0), int32."""
+  ids, inv = np.unique(seg, return_inverse=True)
+  return (inv.reshape(seg.shape) + (0 if ids[0] == 0 else 1)).astype(np.int32)
+
+
+def _store_segments(store_path: str, seg: Segment, frame_ids: list[int], camera: CameraModel) -> np.ndarray:
+  try:
+    from tools.fair.labels.store import LabelStore
+  except ImportError as e:
+    raise ValueError(f"--masks store: needs the label store (tools.fair.labels.store): {e}") from None
+  data = LabelStore(store_path).read(MASK_TEACHER, seg.path.name, fields=["instance"])
+  by_id = {int(f): k for k, f in enumerate(data["frame_id"])}
+  missing = [f for f in frame_ids if f not in by_id]
+  if missing:
+    raise ValueError(f"label store {store_path} has no {MASK_TEACHER} masks for frames {missing[:5]} of "
+                     f"{seg.path.name}")
+  maps = np.stack([compact_ids(m) for m in data["instance"][[by_id[f] for f in frame_ids]]])
+  if maps.shape[1:] != (camera.height, camera.width):
+    maps = np.stack([cv2.resize(m, (camera.width, camera.height), interpolation=cv2.INTER_NEAREST) for m in maps])
+  return maps
+
+
+def load_pairs(paths, scale: float, masks: str = "none", holdout: float = 0.2, progress: bool = True) -> PairData:
+  """Decode and warp the segments' frames into MEDMODEL.scaled(scale); segment maps per `masks`."""
+  if not 0 <= holdout < 1:
+    raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+  if masks not in ("none", "gt") and not masks.startswith("store:"):
+    raise ValueError(f"--masks must be none, gt or store:PATH, got {masks!r}")
+  camera = MEDMODEL.scaled(scale)
+  frames, segs, train, held, folders = [], [], [], [], []
+  for si, path in enumerate(tqdm([Path(p) for p in paths], desc="load", unit="segment", disable=not progress)):
+    seg = Segment(path)
+    tables, rgb, ids = {}, [], []
+    for f in seg.frames():
+      if f.calib_rpy is None:
+        raise ValueError(f"{path}: frame {f.index} has no calibration (liveCalibration)")
+      if f.calib_rpy not in tables:
+        tables[f.calib_rpy] = warp_tables(seg.camera, f.calib_rpy, camera, full_chroma=True)
+      rgb.append(warp_rgb(f.nv12, tables[f.calib_rpy]))
+      ids.append(f.frame_id if f.frame_id is not None else f.index)
+    n = len(rgb)
+    if n < 2:
+      raise ValueError(f"{path}: {n} frame(s); need at least 2 for a pair")
+    if masks == "gt":
+      load_segment_scene(path)   # FileNotFoundError for a real segment: gt masks need a simulated one
+      gts = [render_gt(path, i, "model", (camera.width, camera.height)) for i in range(n)]
+      segs.append(np.stack([gt_segments(g.semantic, g.instance) for g in gts]))
+    elif masks.startswith("store:"):
+      segs.append(_store_segments(masks[len("store:"):], seg, ids, camera))
+    else:
+      segs.append(None)
+    n_held = int(round((n - 1) * holdout))
+    first_held = n - 1 - n_held
+    train += [(si, t) for t in range(first_held - (1 if n_held else 0))]
+    held += [(si, t) for t in range(first_held, n - 1)]
+    frames.append(np.stack(rgb))
+    folders.append(path)
+  if not train:
+    raise ValueError("no training pairs: segments too short for the held-out fraction")
+  return PairData(camera, frames, segs, train, held, folders)
+
+
+def _batch(data: PairData, picks: list[tuple[int, int]], flips: torch.Tensor):
+  """Images (B, 3, H, W) in [0, 1] of both frames and (2B, H, W) segment maps (or None), flipped where asked."""
+  a = np.stack([data.frames[s][t] for s, t in picks])
+  b = np.stack([data.frames[s][t + 1] for s, t in picks])
+  segs = None
+  if data.segments[0] is not None:
+    segs = np.concatenate([np.stack([data.segments[s][t] for s, t in picks]),
+                           np.stack([data.segments[s][t + 1] for s, t in picks])])
+  img1, img2 = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 for x in (a, b))
+  f = flips.bool()
+  img1[f], img2[f] = img1[f].flip(-1), img2[f].flip(-1)
+  if segs is not None:
+    segs = torch.from_numpy(segs).long()
+    f2 = torch.cat([f, f])
+    segs[f2] = segs[f2].flip(-1)
+  return img1, img2, segs
+
+
+def _checkpoint_path(out: Path) -> Path:
+  return out / "train" / "checkpoint.pt"
+
+
+def _save_checkpoint(out: Path, net, opt, gen: torch.Generator, step: int, config: TrainConfig) -> None:
+  path = _checkpoint_path(out)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp")
+  torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state(), "step": step,
+              "config": config.to_json()}, tmp)
+  os.replace(tmp, path)
+
+
+def _lr(config: TrainConfig, step: int) -> float:
+  return config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
+
+
+def train_flow(config: TrainConfig, out, steps: int | None = None, minutes: float | None = None,
+               save_every: int = 50, progress: bool = True, data: PairData | None = None,
+               halt_after: int | None = None) -> tuple[FlowNet, int]:
+  """Train (or resume) in `out` until `steps` total steps or `minutes` of this run's training, whichever comes
+  first; writes the checkpoint and DIR/flow/. Returns the network and the step reached. `halt_after` is a test
+  hook: stop after that many steps of this run as a kill would (no checkpoint, no export)."""
+  if steps is None and minutes is None:
+    raise ValueError("give --steps or --minutes (or both)")
+  out = Path(out)
+  data = data or load_pairs(config.segments, config.scale, config.masks, config.holdout, progress)
+  torch.manual_seed(config.seed)
+  net = FlowNet(config.net)
+  opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+  gen = torch.Generator().manual_seed(config.seed)
+  step = 0
+  ckpt = _checkpoint_path(out)
+  if ckpt.is_file():
+    state = torch.load(ckpt, weights_only=True)
+    if state["config"] != config.to_json():
+      raise ValueError(f"{out} holds a run with other settings; use another --out or the same settings\n"
+                       f"  theirs: {state['config']}\n  yours:  {config.to_json()}")
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["rng"])
+    step = int(state["step"])
+  start, t0 = step, time.monotonic()
+  total = steps if steps is not None else None
+  bar = tqdm(total=total, initial=step, desc="flow-train", unit="step", disable=not progress)
+  net.train()
+  while (steps is None or step < steps) and (minutes is None or time.monotonic() - t0 < minutes * 60):
+    idx = torch.randint(len(data.train), (config.batch,), generator=gen)
+    flips = torch.rand(config.batch, generator=gen) < 0.5
+    img1, img2, segs = _batch(data, [data.train[i] for i in idx.tolist()], flips)
+    for g in opt.param_groups:
+      g["lr"] = _lr(config, step)
+    flows = net(img1, img2, backward=True)
+    terms = unsupervised_loss(flows, img1, img2, segs, config.loss, occlusion_aware=step >= config.occ_from)
+    opt.zero_grad(set_to_none=True)
+    terms.total.backward()
+    opt.step()
+    step += 1
+    bar.update(1)
+    bar.set_postfix(loss=f"{terms.total.item():.4f}", photo=f"{terms.photometric:.4f}", hom=f"{terms.homography:.3f}",
+                    occ=f"{terms.occluded:.2f}")
+    if halt_after is not None and step - start >= halt_after:
+      bar.close()
+      return net.eval(), step
+    if step % save_every == 0:
+      _save_checkpoint(out, net, opt, gen, step, config)
+  bar.close()
+  _save_checkpoint(out, net, opt, gen, step, config)
+  net.eval()
+  cam = data.camera
+  net.save(out / "flow", {"camera": asdict(cam), "trained": {"steps": step, "config": json.loads(config.to_json())}})
+  return net, step
+
+
+def evaluate(net: FlowNet, data: PairData) -> dict:
+  """Held-out pairs of simulated segments: flow EPE / Fl on the generator's visible pixels (pixel-weighted over
+  all pairs) of the prediction and of zero flow, and ego-motion errors from predicted flow + GT depth on static
+  visible pixels vs constant-velocity baselines (the previous pair's true motion; straight ahead at the logged
+  speed) and vs exact flow + GT depth. Frames in data.camera pixels."""
+  cam = data.camera
+  sums = {"epe": 0.0, "fl": 0.0, "zero_epe": 0.0, "zero_fl": 0.0, "n": 0}
+  ego = {"flow": [], "gt_flow": [], "cv_prev": [], "cv_speed": [], "gt": []}
+  held = [(s, t) for s, t in data.held if (data.paths[s] / "scene.json").is_file() and t >= 1]
+  for s, t in held:
+    path, scene = data.paths[s], load_segment_scene(data.paths[s])
+    g = render_gt(path, t, "model", (cam.width, cam.height))
+    img1, img2 = (torch.from_numpy(data.frames[s][k][None]).permute(0, 3, 1, 2).float() / 255 for k in (t, t + 1))
+    flow, occ = net.predict(img1, img2)
+    pred = flow[0].permute(1, 2, 0).numpy()
+    v = g.flow_valid
+    epe = np.linalg.norm(pred - g.flow, axis=-1)[v]
+    mag = np.linalg.norm(g.flow, axis=-1)[v]
+    zero = mag
+    sums["epe"] += float(epe.sum(dtype=np.float64))
+    sums["fl"] += int(((epe > 3) & (epe > 0.05 * mag)).sum())
+    sums["zero_epe"] += float(zero.sum(dtype=np.float64))
+    sums["zero_fl"] += int(((zero > 3) & (zero > 0.05 * mag)).sum())
+    sums["n"] += int(v.sum())
+    dt = 1 / scene.fps
+    static = (g.instance == 0) & ~occ[0, 0].numpy()
+    ego["flow"].append(_pose(ego_motion(pred, g.depth, cam, static=static, dt=dt)))
+    ego["gt_flow"].append(_pose(ego_motion(g.flow, g.depth, cam, static=v & (g.instance == 0), dt=dt)))
+    ego["cv_prev"].append(scene_relative_pose(scene, t - 1))
+    ego["cv_speed"].append((np.eye(3), np.array([float(scene.ego.v[t]) * dt, 0.0, 0.0])))
+    ego["gt"].append(scene_relative_pose(scene, t))
+  if not held:
+    return {"pairs": 0}
+  n = max(sums["n"], 1)
+  out = {"pairs": len(held), "frame": f"{cam.name} {cam.width}x{cam.height}", "valid_pixels": sums["n"],
+         "epe": sums["epe"] / n, "fl_all": sums["fl"] / n, "zero_epe": sums["zero_epe"] / n,
+         "zero_fl_all": sums["zero_fl"] / n}
+  gt = tuple(np.stack(x) for x in zip(*ego["gt"]))
+  for k in ("flow", "gt_flow", "cv_prev", "cv_speed"):
+    e = relative_pose_errors(tuple(np.stack(x) for x in zip(*ego[k])), gt)
+    out[f"ego_{k}"] = {"trans_m": float(e.trans_m), "trans_rel_pct": float(e.trans_rel_pct), "rot_deg": float(e.rot_deg)}
+  return out
+
+
+def _pose(e) -> tuple[np.ndarray, np.ndarray]:
+  return e.rotation, e.translation
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("segments", nargs="+", type=Path, help="segment folders (simulated ones also give the evaluation)")
+  p.add_argument("--out", required=True, type=Path, help="run folder: train/checkpoint.pt, flow/ (the weights "
+                 "FlowTeacher loads with --weights OUT), eval.json; an existing run resumes")
+  p.add_argument("--minutes", type=float, default=None, help="training time of this run (default: 10 without --steps)")
+  p.add_argument("--steps", type=int, default=None, help="total training steps (resumed runs count earlier ones)")
+  p.add_argument("--scale", type=float, default=0.25, help="model frame scale: 0.25 = 128x64 (default), 1 = 512x256")
+  p.add_argument("--masks", default="none", help="none | gt (simulated segments: ground truth as the SAM stand-in) | "
+                 "store:PATH (SAM 2 VideoMasks of a label store)")
+  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--lr", type=float, default=4e-4)
+  p.add_argument("--width", type=float, default=1.0, help="multiplier of all network widths")
+  p.add_argument("--levels", type=int, default=5, help="pyramid levels (input sides pad to multiples of 2^levels)")
+  p.add_argument("--output-level", type=int, default=2, help="finest decoded level (1 = half resolution)")
+  p.add_argument("--holdout", type=float, default=0.2, help="held-out fraction of each segment's pairs (the end)")
+  p.add_argument("--occ-from", type=int, default=150, help="step from which the occlusion check masks the loss")
+  p.add_argument("--save-every", type=int, default=50, help="checkpoint interval (steps)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
+
+
+def _net_config(width: float, levels: int, output_level: int) -> FlowNetConfig:
+  base = FlowNetConfig()
+  if not 2 <= levels <= 7:
+    raise ValueError(f"--levels must be in 2..7, got {levels}")
+  widths = [16, 32, 48, 64, 96, 128, 196][:levels]
+
+  def w(x):
+    return tuple(max(4, int(round(c * width))) for c in x)
+
+  return replace(base, channels=w(widths), output_level=output_level, reduce=w((base.reduce,))[0],
+                 estimator=w(base.estimator), context=w(base.context))
+
+
+def run(args: argparse.Namespace) -> int:
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  minutes = args.minutes if args.minutes is not None or args.steps is not None else 10.0
+  config = TrainConfig(tuple(str(p.resolve()) for p in args.segments), args.scale, args.masks,
+                       _net_config(args.width, args.levels, args.output_level), LossConfig(), args.batch, args.lr,
+                       occ_from=args.occ_from, holdout=args.holdout, seed=args.seed)
+  t0 = time.monotonic()
+  data = load_pairs(config.segments, config.scale, config.masks, config.holdout)
+  print(f"{len(data.train)} training / {len(data.held)} held-out pairs in {data.camera.name} "
+        f"{data.camera.width}x{data.camera.height} ({time.monotonic() - t0:.0f} s to load)")
+  net, step = train_flow(config, args.out, args.steps, minutes, args.save_every, data=data)
+  print(f"trained to step {step}: {sum(p.numel() for p in net.parameters())} parameters -> {args.out / 'flow'}")
+  result = evaluate(net, data)
+  tmp = args.out / "eval.json.tmp"
+  tmp.write_text(json.dumps(result | {"steps": step}, indent=2))
+  os.replace(tmp, args.out / "eval.json")
+  print(json.dumps(result, indent=2))
+  return 0
