@@ -86,7 +86,7 @@ def sim():
 # ---- weights
 
 def test_registry_covers_the_teachers_with_official_ids():
-  assert set(TEACHERS) >= {"dinov2", "dinov3", "dpt-depth", "detr", "detr-panoptic", "sam2", "sam3", "flow"}
+  assert set(TEACHERS) >= {"dinov2", "dinov3", "dpt-depth", "detr", "detr-panoptic", "sam2", "sam3", "flow", "dinov2-seg"}
   for name, cls in TEACHERS.items():
     assert cls.name == name and cls.tasks and all(i.startswith("facebook/") for i in cls.hf_ids)
   # teachers without official Hugging Face weights resolve their own and say how to get them

@@ -31,6 +31,7 @@ _REGISTRY = {
   "sam2": "tools.fair.teachers.sam2:Sam2Teacher",
   "sam3": "tools.fair.teachers.sam3:Sam3Teacher",
   "flow": "tools.fair.teachers.flow:FlowTeacher",
+  "dinov2-seg": "tools.fair.teachers.dinov2_seg:Dinov2SegTeacher",
 }
 
 
