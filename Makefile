@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3.11 -m venv $(VENV)
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[test]'
+	@# Meta's CoTracker code is not on PyPI: tests take its package out of the napari-cotrack wheel (not vendored)
+	$(PY) -m tools.fair.teachers.fetch_cotracker --target $(VENV)/extern
 	@touch $@
 
 demo: $(STAMP)

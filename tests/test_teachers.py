@@ -86,11 +86,14 @@ def sim():
 # ---- weights
 
 def test_registry_covers_the_teachers_with_official_ids():
-  assert set(TEACHERS) >= {"dinov2", "dinov3", "dpt-depth", "detr", "detr-panoptic", "sam2", "sam3", "flow", "dinov2-seg"}
+  assert set(TEACHERS) >= {"dinov2", "dinov3", "dpt-depth", "detr", "detr-panoptic", "sam2", "sam3", "flow", "dinov2-seg",
+                           "cotracker", "lk"}
   for name, cls in TEACHERS.items():
     assert cls.name == name and cls.tasks and all(i.startswith("facebook/") for i in cls.hf_ids)
   # teachers without official Hugging Face weights resolve their own and say how to get them
-  assert not TEACHERS["flow"].hf_ids and callable(TEACHERS["flow"].resolve_weights)
+  for name in ("flow", "lk", "cotracker"):
+    assert callable(TEACHERS[name].resolve_weights)
+  assert not TEACHERS["flow"].hf_ids and not TEACHERS["lk"].hf_ids
   assert TEACHERS["dpt-depth"].hf_ids[0] == "facebook/dpt-dinov2-small-kitti"
   with pytest.raises(ValueError, match="unknown teacher 'sam9'.*dinov2"):
     load_teacher("sam9")

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
   from tools.fair.routes.errors import RouteError
   try:
     return module.run(args) or 0
-  except (FileNotFoundError, ValueError, IndexError, RouteError) as e:  # user errors: one clear line
+  except (FileNotFoundError, ValueError, IndexError, ImportError, RouteError) as e:  # user errors: one clear line
     print(f"fair {args.command}: error: {e}", file=sys.stderr)
     return 2
 

@@ -32,6 +32,8 @@ _REGISTRY = {
   "sam3": "tools.fair.teachers.sam3:Sam3Teacher",
   "flow": "tools.fair.teachers.flow:FlowTeacher",
   "dinov2-seg": "tools.fair.teachers.dinov2_seg:Dinov2SegTeacher",
+  "cotracker": "tools.fair.teachers.cotracker:CoTrackerTeacher",
+  "lk": "tools.fair.teachers.lk_tracker:LKTracker",
 }
 
 
