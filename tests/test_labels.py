@@ -17,7 +17,7 @@ from transformers import (DetrConfig, DetrForSegmentation, Dinov2Config, Dinov2M
 from selfdrive.modeld_fair.camera import MEDMODEL  # noqa: E402
 from selfdrive.modeld_fair.medmodel_warp import warp_rgb, warp_tables  # noqa: E402
 from tools.fair.cli import main  # noqa: E402
-from tools.fair.labels import store as store_mod  # noqa: E402
+from tools.fair import files as files_mod  # noqa: E402
 from tools.fair.labels.cli import parse_shard, partition, teacher_config  # noqa: E402
 from tools.fair.labels.pipeline import LabelConfig, label_segments  # noqa: E402
 from tools.fair.labels.store import CorruptShardError, Labels, LabelStore, ShardInfo, convert  # noqa: E402
@@ -122,7 +122,7 @@ def test_label_cli_writes_shards_equal_to_direct_teacher_calls(weights, segment,
     assert e.model_id is None and e.teacher_class.startswith("tools.fair.teachers.") and "fairpilot" in e.code_version
     assert e.file == f"{e.teacher}/{name}/{e.first:06d}-{e.last:06d}.safetensors" and e.path.is_file()
     assert e.frame_ids in ((0, 7, 8), (8, 15, 8), (16, 19, 4)) and e.final == (e.first == 16)
-    assert e.sha256 == store_mod.sha256_file(e.path) and e.created.startswith("20")
+    assert e.sha256 == files_mod.sha256_file(e.path) and e.created.startswith("20")
     assert e.fields["frame_id"] == ("int64", (e.frame_ids[2],))
   assert store.segments("dinov2") == [name] and store.camera("detr-panoptic", name) == CAM
 
@@ -241,7 +241,7 @@ def test_crash_inside_a_write_leaves_no_partial_file_and_a_valid_manifest(weight
 
   # dying between writing the shard's bytes and renaming them: nothing under the shard's name, old manifest
   manifest = (store.root / "manifest.json").read_bytes()
-  monkeypatch.setattr(store_mod.os, "replace", crash_on(shard.name))
+  monkeypatch.setattr(files_mod.os, "replace", crash_on(shard.name))
   with pytest.raises(OSError, match="power cut"):
     label_segments([segment], {"dinov2": teacher}, store, _cfg(), progress=False)
   assert not shard.exists() and not list(shard.parent.glob(".*tmp*"))
@@ -249,12 +249,12 @@ def test_crash_inside_a_write_leaves_no_partial_file_and_a_valid_manifest(weight
   with pytest.raises(CorruptShardError, match="missing"):
     store.read("dinov2", segment.name)
   # dying while replacing the manifest: the old manifest stays whole and parseable
-  monkeypatch.setattr(store_mod.os, "replace", crash_on("manifest.json"))
+  monkeypatch.setattr(files_mod.os, "replace", crash_on("manifest.json"))
   with pytest.raises(OSError, match="power cut"):
     label_segments([segment], {"dinov2": teacher}, store, _cfg(overwrite=True), progress=False)
   assert (store.root / "manifest.json").read_bytes() == manifest and len(json.loads(manifest)["shards"]) == 3
   assert not list(store.root.glob(".*tmp*"))
-  monkeypatch.setattr(store_mod.os, "replace", real)
+  monkeypatch.setattr(files_mod.os, "replace", real)
   r = label_segments([segment], {"dinov2": teacher}, store, _cfg(), progress=False)
   assert [e.frame_ids for e in r.written] == [(8, 15, 8)]
   assert np.array_equal(store.read("dinov2", segment.name)["frame_id"], np.arange(N_FRAMES))

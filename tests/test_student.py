@@ -12,7 +12,8 @@ from cereal_ext import FairOutput, decode, encode
 from selfdrive.modeld_fair.model_io import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAMES, OUTPUTS
 from selfdrive.modeld_fair.outputs import check_finite, decode_outputs
 from tools.fair.students import build_student, fold_bn, model_stats, student_config
-from tools.fair.students.export import export_student, ort_session, sha256_file
+from tools.fair.files import sha256_file
+from tools.fair.students.export import export_student, ort_session
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "selfdrive/modeld_fair/models/student.onnx"

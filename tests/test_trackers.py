@@ -17,7 +17,8 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from selfdrive.modeld_fair.camera import MEDMODEL  # noqa: E402
 from tools.fair.teachers.cotracker import (CHECKPOINT, CHECKPOINT_URL, CoTrackerConfig,  # noqa: E402
-                                           CoTrackerNotInstalledError, CoTrackerTeacher, file_sha256)
+                                           CoTrackerNotInstalledError, CoTrackerTeacher)
+from tools.fair.files import sha256_file  # noqa: E402
 from tools.fair.teachers.lk_tracker import LKConfig, LKTracker, check_queries, params_hash  # noqa: E402
 from tools.fair.teachers.weights import MissingWeightsError  # noqa: E402
 
@@ -125,7 +126,7 @@ def test_cotracker_missing_weights_name_url_and_path(tmp_path, monkeypatch):
   (snap.parents[1] / "refs").mkdir()
   (snap.parents[1] / "refs" / "main").write_text("cd" * 20)
   info = CoTrackerTeacher.resolve_weights()
-  assert info.model_id == "facebook/cotracker3" and info.sha256 == file_sha256(snap / CHECKPOINT)
+  assert info.model_id == "facebook/cotracker3" and info.sha256 == sha256_file(snap / CHECKPOINT)
 
 
 def test_cotracker_not_installed_says_how_to_install(tmp_path, monkeypatch):
@@ -159,7 +160,7 @@ SMALL = CoTrackerConfig(CAM, window_len=4, resolution=(64, 128), support_grid=Fa
 def test_cotracker_random_weights_run_end_to_end(cot_weights, monkeypatch):
   monkeypatch.setenv("FAIR_WEIGHTS_DIR", str(cot_weights))
   info = CoTrackerTeacher.resolve_weights()
-  assert info.path == cot_weights / "cotracker" / CHECKPOINT and info.sha256 == file_sha256(info.path)
+  assert info.path == cot_weights / "cotracker" / CHECKPOINT and info.sha256 == sha256_file(info.path)
   rng_before = torch.random.get_rng_state()
   teacher = CoTrackerTeacher.load(info, config=SMALL)
   assert torch.equal(torch.random.get_rng_state(), rng_before)    # the package's import-time seeding is undone

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from selfdrive.modeld_fair.medmodel_warp import warp_model_input, warp_rgb, warp_tables
 from selfdrive.modeld_fair.model_io import N_LANE_POINTS, N_LANES, OBJECT_CLASSES
+from tools.fair.files import atomic_write
 from tools.fair.routes import Segment
 
 CACHE_VERSION = 1
@@ -86,12 +87,6 @@ class FrameRecord:
   shard: str         # path of the shard relative to the cache root
   row: int
   has_gt: bool
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.partial")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 def _atomic_save(tensors: dict[str, np.ndarray], path: Path) -> None:
@@ -242,12 +237,12 @@ def cache_segment(path, out_dir, config: CacheConfig, progress: bool = False) ->
   meta = {"version": CACHE_VERSION, "config": config.key(), "segment": path.name, "path": str(path.resolve()),
           "camera": seg.camera.name, "scenario": scene.scenario if scene is not None else "real",
           "has_gt": scene is not None, "shards": shards, "frames": records}
-  _atomic_write_text(done, json.dumps(meta))
+  atomic_write(done, json.dumps(meta))
   return meta
 
 
 def _write_index(out_dir: Path, config: CacheConfig, metas: list[dict]) -> None:
-  _atomic_write_text(out_dir / "index.json", json.dumps({"version": CACHE_VERSION, "config": config.key(),
+  atomic_write(out_dir / "index.json", json.dumps({"version": CACHE_VERSION, "config": config.key(),
                                                           "segments": metas}))
 
 
@@ -276,7 +271,7 @@ def build_frame_cache(segments, out_dir, scale: float = 0.5, every: int = 1, wor
     if old != {"version": CACHE_VERSION, **config.key()}:
       raise ValueError(f"{out_dir} holds a cache built with {old}; asked for {config.key()}: use another folder")
   else:
-    _atomic_write_text(cfg_path, json.dumps({"version": CACHE_VERSION, **config.key()}))
+    atomic_write(cfg_path, json.dumps({"version": CACHE_VERSION, **config.key()}))
   metas: list[dict | None] = [None] * len(paths)
   if workers <= 1:
     for i, p in enumerate(tqdm(paths, desc="segments", unit="seg", disable=not progress or len(paths) < 2)):

@@ -11,7 +11,6 @@ the new one, never half a checkpoint). `best/` is the same layout for the best v
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from tools.fair.files import fsync_path, sha256_file
+
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
 
 
@@ -33,22 +34,6 @@ class Checkpoint:
   path: Path
   step: int
   meta: dict
-
-
-def _sha256(path: Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
 
 
 def rng_state() -> dict:
@@ -95,16 +80,16 @@ class CheckpointManager:
     # safetensors wants contiguous, unshared tensors
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in model_state.items()}, str(tmp / MODEL_FILE))
     torch.save(state, tmp / STATE_FILE)
-    meta = {**meta, "sha256": {f: _sha256(tmp / f) for f in (MODEL_FILE, STATE_FILE)}}
+    meta = {**meta, "sha256": {f: sha256_file(tmp / f) for f in (MODEL_FILE, STATE_FILE)}}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     for f in (MODEL_FILE, STATE_FILE, META_FILE):
-      _fsync(tmp / f)
+      fsync_path(tmp / f)
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():  # replacing (best/, or a re-run step): move aside first, a folder rename needs a free target
       shutil.rmtree(old, ignore_errors=True)
       os.replace(final, old)
     os.replace(tmp, final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
     shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -136,7 +121,7 @@ class CheckpointManager:
     for f in (MODEL_FILE, STATE_FILE):
       if not (path / f).is_file():
         raise ValueError(f"{path}: {f} is missing")
-      if _sha256(path / f) != meta.get("sha256", {}).get(f):
+      if sha256_file(path / f) != meta.get("sha256", {}).get(f):
         raise ValueError(f"{path}: {f} does not match its sha256 (corrupt or partial)")
     return Checkpoint(path, int(meta["step"]), meta)
 

@@ -19,7 +19,6 @@ import datetime
 import fcntl
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 import safetensors.numpy
 
 from selfdrive.modeld_fair.camera import CameraModel
+from tools.fair.files import atomic_write, sha256_file
 
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -119,36 +119,6 @@ class ShardInfo:
   segment: str
   segment_path: str
   final: bool
-
-
-def sha256_file(path: str | Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    while chunk := f.read(1 << 20):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-  """Write `data` to `path` so that readers see the old file or the whole new one, even after a crash."""
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
-  _fsync_dir(path.parent)   # the rename itself must survive a power cut
 
 
 def shard_name(first: int, last: int) -> str:

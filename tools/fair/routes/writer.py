@@ -22,6 +22,7 @@ from openpilot_logging.cereal import log as capnp_log
 
 from selfdrive.modeld_fair.camera import DEFAULT_CAMERA_HEIGHT, MICI_ROAD, TICI_ROAD, CameraModel, view_from_calib
 from selfdrive.modeld_fair.nv12 import nv12_planes, rgb_to_nv12
+from tools.fair.files import fsync_path
 from tools.fair.routes.errors import RouteError
 
 QCAMERA_SIZE = (526, 330)
@@ -281,7 +282,7 @@ class SegmentWriter:
     try:
       for enc in self._encoders.values():
         enc.close()
-        _fsync(enc.tmp)
+        fsync_path(enc.tmp)
       rlog = self.path / "rlog.zst"
       tmp = rlog.with_name(".rlog.zst.partial")
       data = b"".join(b for _, _, b in self._events())
@@ -306,8 +307,3 @@ class SegmentWriter:
     for enc in self._encoders.values():
       enc.abort()
     (self.path / ".rlog.zst.partial").unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-  with open(path, "rb+") as f:
-    os.fsync(f.fileno())

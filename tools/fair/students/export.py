@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
 import warnings
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from selfdrive.modeld_fair.model_io import INPUT_DTYPE, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAMES, OUTPUTS
+from tools.fair.files import sha256_file
 from tools.fair.students.efficientvit import StudentConfig, build_student, fold_bn, student_config
 from tools.fair.students.stats import model_stats
 
@@ -93,14 +93,33 @@ def _check_graph(m: onnx.ModelProto, opset: int) -> None:
     raise RuntimeError(f"ONNX inputs/outputs {io} differ from the model_io contract {want}")
 
 
-def sha256_file(path: str | Path) -> str:
-  """Hex sha256 of a file (FairOutput.model_hash is its 32 raw bytes)."""
-  return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def model_id(cfg: StudentConfig, seed: int, trained: bool) -> str:
   """e.g. "fairpilot-student-nano-random-init-seed0"."""
   return f"fairpilot-student-{cfg.name}-{'trained' if trained else 'random-init'}-seed{seed}"
+
+
+def _metadata(model: nn.Module, cfg: StudentConfig, out: Path, model_id_: str, trained: bool, provenance: dict) -> dict:
+  """Write `<out stem>.json` beside the exported ONNX; returns the metadata as written."""
+  stats = model_stats(model)
+  meta = {
+    "model_id": model_id_,
+    "trained": trained,
+    "onnx": out.name,
+    "sha256": sha256_file(out),
+    "provenance": {"config": asdict(cfg), **provenance, "torch": torch.__version__,
+                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+    "input": {"name": INPUT_NAME, "shape": list(INPUT_SHAPE), "dtype": INPUT_DTYPE,
+              "meaning": "previous then current calibrated frame, each openpilot's 6x128x256 YUV420 packing"},
+    "outputs": [{"name": k, "shape": list(shape), "dtype": "float32", "meaning": meaning}
+                for k, (shape, meaning) in OUTPUTS.items()],
+    "params": stats.params,
+    "flops": stats.flops,
+  }
+  text = json.dumps(meta, indent=2, default=float) + "\n"
+  tmp = out.with_name(f".{out.stem}.json.partial")
+  tmp.write_text(text)
+  tmp.replace(out.with_suffix(".json"))
+  return json.loads(text)  # as written (tuples become lists)
 
 
 def export_student(name: str, seed: int, out: str | Path, opset: int = 17) -> dict:
@@ -110,28 +129,19 @@ def export_student(name: str, seed: int, out: str | Path, opset: int = 17) -> di
   torch.manual_seed(seed)  # the whole init depends on this seed only: same seed, same weights
   model = build_student(cfg).eval()
   out = export_onnx(model, out, opset)
-  stats = model_stats(model)
-  meta = {
-    "model_id": model_id(cfg, seed, trained=False),
-    "trained": False,
-    "onnx": out.name,
-    "sha256": sha256_file(out),
-    "provenance": {
-      "config": asdict(cfg), "seed": seed,
-      "command": f"python -m tools.fair.students.export --config {name} --seed {seed} --out {out}"
-                 + (f" --opset {opset}" if opset != 17 else ""),
-      "torch": torch.__version__, "onnx_opset": opset, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    },
-    "input": {"name": INPUT_NAME, "shape": list(INPUT_SHAPE), "dtype": INPUT_DTYPE,
-              "meaning": "previous then current calibrated frame, each openpilot's 6x128x256 YUV420 packing"},
-    "outputs": [{"name": k, "shape": list(shape), "dtype": "float32", "meaning": meaning}
-                for k, (shape, meaning) in OUTPUTS.items()],
-    "params": stats.params,
-    "flops": stats.flops,
-  }
-  text = json.dumps(meta, indent=2) + "\n"
-  out.with_suffix(".json").write_text(text)
-  return json.loads(text)  # as written (tuples become lists)
+  command = (f"python -m tools.fair.students.export --config {name} --seed {seed} --out {out}"
+             + (f" --opset {opset}" if opset != 17 else ""))
+  return _metadata(model, cfg, out, model_id(cfg, seed, trained=False), False,
+                   {"seed": seed, "command": command, "onnx_opset": opset})
+
+
+def export_trained(model: nn.Module, out: str | Path, provenance: dict, seed: int = 0, opset: int = 17) -> dict:
+  """Export a trained Student (plain, adapters merged) to `out` with metadata whose model id says "trained";
+  `provenance` (e.g. the training command and held-out metrics) goes into the metadata."""
+  cfg = model.cfg
+  out = export_onnx(model, out, opset)
+  return _metadata(model, cfg, out, model_id(cfg, seed, trained=True), True,
+                   {"seed": seed, "onnx_opset": opset, **provenance})
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

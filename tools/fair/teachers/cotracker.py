@@ -12,7 +12,6 @@ torch.load(weights_only=True) (the package's own loader unpickles without that g
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
+from tools.fair.files import sha256_file
 from tools.fair.teachers.base import TeacherInput, Tracks
 from tools.fair.teachers.lk_tracker import check_clip, check_queries, finish_tracks
 from tools.fair.teachers.weights import HF_CACHE, WEIGHTS_ENV, MissingWeightsError, WeightsInfo
@@ -38,15 +38,6 @@ INSTALL_HELP = ("CoTracker needs Meta's `cotracker` package (not on PyPI): "
 
 class CoTrackerNotInstalledError(ModuleNotFoundError):
   """The `cotracker` package cannot be imported; the message says how to install it."""
-
-
-def file_sha256(path: str | Path) -> str:
-  """sha256 of one file's bytes (what Hugging Face lists for an LFS file, so it can be checked by eye)."""
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    while chunk := f.read(1 << 20):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def online_predictor_class():
@@ -94,7 +85,7 @@ class CoTrackerTeacher:
           f"no weights for teacher {cls.name!r}: expected the official CoTracker3 online checkpoint at {path}\n"
           f"  official weights: {CHECKPOINT_URL}\n"
           f"  fetch with: hf download {HF_ID} {CHECKPOINT} --local-dir {path.parent}")
-      return WeightsInfo(cls.name, path, None, file_sha256(path))
+      return WeightsInfo(cls.name, path, None, sha256_file(path))
     try:
       path = Path(hf_hub_download(repo, CHECKPOINT, revision=cls.hf_revision, local_files_only=True))
     except LocalEntryNotFoundError:
@@ -104,7 +95,7 @@ class CoTrackerTeacher:
         f"a snapshot under {expected}\n  official weights: {CHECKPOINT_URL}\n  fetch with: hf download {repo} "
         f"{CHECKPOINT}, or pass --weights DIR (or set {WEIGHTS_ENV}) with the file at DIR/{cls.name}/{CHECKPOINT}"
       ) from None
-    return WeightsInfo(cls.name, path, repo, file_sha256(path))
+    return WeightsInfo(cls.name, path, repo, sha256_file(path))
 
   @classmethod
   def load(cls, weights: WeightsInfo, device: str = "cpu", dtype: torch.dtype | None = None,
