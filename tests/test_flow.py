@@ -16,7 +16,8 @@ from safetensors.torch import load_file  # noqa: E402
 from tools.fair.bench.metrics.egomotion import relative_pose_errors  # noqa: E402
 from tools.fair.flow.losses import (LossConfig, apply_homography, fit_homography, homography_loss,  # noqa: E402
                                     photometric_loss, smoothness_loss, ssim, unsupervised_loss)
-from tools.fair.flow.model import FlowNet, FlowNetConfig, correlation, fb_occlusion, warp  # noqa: E402
+from tools.fair.flow.model import (FlowNet, FlowNetConfig, correlation, fb_occlusion, normalize_features,  # noqa: E402
+                                   warp)
 from tools.fair.flow.motion import ego_motion, object_velocities, scene_relative_pose  # noqa: E402
 from tools.fair.flow.train import TrainConfig, evaluate, gt_segments, load_pairs, train_flow  # noqa: E402
 from tools.fair.sim import SCENARIOS, make_scene  # noqa: E402
@@ -148,6 +149,46 @@ def test_flownet_shapes_and_bidirectional_loss():
   terms.total.backward()
   assert np.isfinite(terms.total.item()) and terms.photometric > 0
   assert all(p.grad is not None for p in net.parameters())
+
+
+def test_normalize_features_gives_the_cost_volume_unit_scale():
+  g = torch.Generator().manual_seed(3)
+  f1 = 0.01 * torch.randn(2, 32, 5, 7, generator=g) + 0.02   # the scale of freshly initialised pyramid features
+  f2 = torch.roll(f1, 1, -1)
+  a, b = normalize_features(f1, f2)
+  both = torch.cat([a, b], 1)
+  torch.testing.assert_close(both.mean((1, 2, 3)), torch.zeros(2), atol=1e-5, rtol=0)
+  torch.testing.assert_close(both.std((1, 2, 3), unbiased=False), torch.ones(2), atol=1e-4, rtol=0)
+  a2, b2 = normalize_features(5 * f1 - 1, 5 * f2 - 1)      # invariant to an affine change of the features
+  torch.testing.assert_close(a2, a, atol=1e-3, rtol=0)
+  corr = correlation(a, b, 1)
+  assert corr.std(1).mean() > 0.1                           # raw: ~1e-4, drowned by the other estimator inputs
+  # f1 at x is f2 at x + 1 (the last column has no match): the peak is at dx = +1, dy = 0
+  assert torch.equal(corr.argmax(1)[..., :-1], torch.full((2, 5, 6), 4 + 1))
+
+
+def test_flownet_fits_a_shifted_pair_in_both_directions(one_thread):
+  """The decisive check of the cost volume: on one textured pair shifted by a known (dx, dy) the forward flow
+  must go to +shift and the backward flow to -shift. With the raw (unnormalised) correlation both directions
+  got the same flow (learnt from appearance alone), so a real run never beat zero flow."""
+  cfg = FlowNetConfig(channels=(8, 16, 16), output_level=1, radius=2, reduce=8, estimator=(32, 16), context=(16, 16),
+                      dilations=(1, 2))
+  img1 = _smooth_image(32, 64, 0)
+  shift = torch.tensor([2.0, -1.0]).view(1, 2, 1, 1)
+  img2 = warp(img1, -shift.expand(1, 2, 32, 64))   # img1 at p is img2 at p + shift
+  torch.manual_seed(0)
+  net = FlowNet(cfg)
+  opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+  for _ in range(80):
+    terms = unsupervised_loss(net(img1, img2, backward=True), img1, img2, occlusion_aware=False)
+    opt.zero_grad()
+    terms.total.backward()
+    opt.step()
+  flow, _ = net.predict(img1, img2)
+  back, _ = net.predict(img2, img1)
+  inner = (slice(None), slice(None), slice(6, -6), slice(6, -6))   # away from pixels that leave the frame
+  torch.testing.assert_close(flow[inner].mean((2, 3)), shift.view(1, 2), atol=0.4, rtol=0)
+  torch.testing.assert_close(back[inner].mean((2, 3)), -shift.view(1, 2), atol=0.4, rtol=0)
 
 
 # ---- ego-motion and object velocity from exact flow + depth
