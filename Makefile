@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --no-cache-dir --disable-pip-version-check -q
 
-.PHONY: setup demo test test-slow bench samples artifacts
+.PHONY: setup demo test test-slow bench samples artifacts transfer
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# issue 5's teacher -> student experiment on generated data (~1 h on 2 cores); ships the distilled student
+transfer: $(STAMP)
+	$(PY) -m tools.fair.experiments.transfer --preset full --out runs/transfer --ship
 
 samples: $(STAMP)
 	$(PY) -m tools.fair.samples --regenerate

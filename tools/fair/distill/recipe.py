@@ -28,7 +28,7 @@ class StudentSection:
 @dataclass(frozen=True)
 class DataSection:
   """Where samples come from; passed as is to the builder (see build_dataset)."""
-  builder: str = "tools.fair.data:build"   # "module:function" called as function(data_section, split)
+  builder: str = "tools.fair.data.dataset:build"   # "module:function" called as function(data_section, split)
   train: tuple[str, ...] = ()              # dataset caches / label stores of the training split
   val: tuple[str, ...] = ()
   workers: int = 0                         # DataLoader worker processes
@@ -224,7 +224,7 @@ def with_overrides(r: Recipe, out: str | None = None, steps: int | None = None) 
 
 
 def build_dataset(data: DataSection, split: str):
-  """The data side's hook: imports `data.builder` ("module:function", default tools.fair.data:build) lazily and
+  """The data side's hook: imports `data.builder` ("module:function", default tools.fair.data.dataset:build) lazily and
   returns function(data, split) for split "train" or "val": a map-style torch Dataset whose items follow
   notes/batch_contract.md (dicts of tensors with at least "img" and "index"); for "val" it may return None."""
   if split not in ("train", "val"):
