@@ -1,5 +1,6 @@
 """UnSAMFlow-style flow (tools/fair/flow): losses with known answers, the cost volume against a loop, ego-motion and
 object velocities from exact flow + depth, FlowTeacher weights through the real DIR/flow/ path, exact resume."""
+import argparse
 import dataclasses
 import os
 
@@ -19,7 +20,8 @@ from tools.fair.flow.losses import (LossConfig, apply_homography, fit_homography
 from tools.fair.flow.model import (FlowNet, FlowNetConfig, correlation, fb_occlusion, normalize_features,  # noqa: E402
                                    warp)
 from tools.fair.flow.motion import ego_motion, object_velocities, scene_relative_pose  # noqa: E402
-from tools.fair.flow.train import TrainConfig, evaluate, gt_segments, load_pairs, train_flow  # noqa: E402
+from tools.fair.flow.train import (TrainConfig, add_arguments, evaluate, gt_segments, load_pairs,  # noqa: E402
+                                   load_pairs_npz, run, save_pairs, train_flow)
 from tools.fair.sim import SCENARIOS, make_scene  # noqa: E402
 from tools.fair.sim.cli import write_segment  # noqa: E402
 from tools.fair.sim.gt import gt_camera, scene_gt  # noqa: E402
@@ -272,6 +274,24 @@ def test_flow_train_resumes_exactly_and_writes_what_flowteacher_loads(segment, t
   assert result["ego_gt_flow"]["trans_m"] < 1e-3 and set(result["ego_flow"]) == {"trans_m", "trans_rel_pct", "rot_deg"}
   with pytest.raises(ValueError, match="other settings"):
     train_flow(TrainConfig((str(segment),), lr=1e-3, net=TINY), tmp_path / "b", steps=6, progress=False, data=data)
+
+  if not torch.cuda.is_available():
+    with pytest.raises(ValueError, match="no CUDA device"):
+      train_flow(config, tmp_path / "d", steps=1, progress=False, data=data, device="cuda")
+  # a saved pair file gives the same data and evaluation without decoding or rendering
+  saved = load_pairs_npz(save_pairs(data, tmp_path / "pairs.npz"))
+  assert (saved.train, saved.held, saved.camera, saved.paths) == (data.train, data.held, data.camera, data.paths)
+  assert (saved.scale, saved.masks, saved.holdout) == (0.25, "gt", 0.25)
+  assert all(np.array_equal(a, b) for a, b in zip(saved.frames + saved.segments, data.frames + data.segments))
+  assert evaluate(ref, saved) == result
+  parser = argparse.ArgumentParser()
+  add_arguments(parser)
+  with pytest.raises(ValueError, match="--scale 0.5 contradicts"):
+    run(parser.parse_args(["--pairs", str(tmp_path / "pairs.npz"), "--scale", "0.5", "--out", str(tmp_path / "c")]))
+  with pytest.raises(ValueError, match="not both"):
+    run(parser.parse_args([str(segment), "--pairs", str(tmp_path / "pairs.npz"), "--out", str(tmp_path / "c")]))
+  with pytest.raises(FileNotFoundError, match="no pair file"):
+    run(parser.parse_args(["--pairs", str(tmp_path / "none.npz"), "--out", str(tmp_path / "c")]))
 
   weights = tmp_path / "a"
   info = FlowTeacher.resolve_weights(weights)
