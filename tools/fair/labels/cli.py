@@ -1,17 +1,24 @@
 """`fair label`: pseudo-label segments with teachers into a sharded, resumable label store (docs/labels.md).
 
   fair label SEGMENTS... --teachers dpt-depth,detr --weights DIR --out STORE [--device cpu|cuda] [--batch 8]
-             [--scale 0.5] [--shard i/N] [--shard-frames 100] [--overwrite]
+             [--scale 0.5] [--shard i/N] [--shard-frames 100] [--overwrite] [--teacher-opt NAME.FIELD=VALUE ...]
 
 --shard i/N labels the i-th of N disjoint parts of the sorted segment list (segment k goes to part k mod N),
 so N machines can share a job list without talking to each other.
+
+--teacher-opt sets one field of a teacher's config dataclass (parsed by the field's type: numbers, true/false,
+comma-separated tuples, none), e.g. cotracker.grid=8,16 or sam3.prompts=car,pedestrian. A config's `prompter`
+field names a detection teacher instead (sam2.prompter=detr): it is loaded from the same --weights (the very
+instance when it is also in --teachers) and its first-frame detections prompt the boxes; SAM 2 without one is
+an error, as it would label nothing. The options are recorded with each shard (ShardEntry.options).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from selfdrive.modeld_fair.camera import CameraModel
@@ -36,17 +43,90 @@ def partition(segments: Sequence[str | Path], i: int, n: int) -> list[str]:
   return ordered[i::n]
 
 
-def teacher_config(cls: type, camera: CameraModel):
-  """The teacher class's config dataclass (the type of load's `config`) with its defaults and `camera`;
-  None when the class declares no config with a camera (then it must take the frame as it is)."""
+def config_class(cls: type) -> type | None:
+  """The teacher class's config dataclass with a `camera` field (the type of load's `config`), else None."""
   try:
     hint = typing.get_type_hints(cls.load).get("config")
   except (NameError, TypeError):   # annotations that do not resolve: no config we can build
     return None
   for c in typing.get_args(hint) or (hint,):
     if dataclasses.is_dataclass(c) and "camera" in {f.name for f in dataclasses.fields(c)}:
-      return dataclasses.replace(c(), camera=camera)
+      return c
   return None
+
+
+def parse_value(text: str, tp, where: str):
+  """`text` as a value of type `tp` (int, float, bool, str, X | None, tuple[X, ...] or tuple[X, Y] from
+  comma-separated items); ValueError naming `where` otherwise."""
+  origin, args = typing.get_origin(tp), typing.get_args(tp)
+  if origin in (typing.Union, types.UnionType):
+    if type(None) in args and text.strip().lower() == "none":
+      return None
+    rest = [a for a in args if a is not type(None)]
+    if len(rest) == 1:
+      return parse_value(text, rest[0], where)
+  elif origin is tuple:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    kinds = [args[0]] * len(items) if len(args) == 2 and args[1] is Ellipsis else list(args)
+    if len(kinds) != len(items):
+      raise ValueError(f"{where}: expected {len(kinds)} comma-separated values, got {text!r}")
+    return tuple(parse_value(x, k, where) for x, k in zip(items, kinds))
+  elif tp is bool:
+    if text.lower() in ("true", "1", "yes", "false", "0", "no"):
+      return text.lower() in ("true", "1", "yes")
+  elif tp in (int, float, str):
+    try:
+      return tp(text)
+    except ValueError:
+      pass
+  else:
+    raise ValueError(f"{where}: a field of type {tp} cannot be set from the command line")
+  raise ValueError(f"{where}: {text!r} is not a {tp}")
+
+
+def parse_teacher_opts(items: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, str]]:
+  """["NAME.FIELD=VALUE", ...] -> {NAME: {FIELD: VALUE}} for every teacher in `names` and every prompter they
+  name; ValueError for malformed items and other teachers."""
+  parsed = []
+  for item in items:
+    key, eq, value = item.partition("=")
+    name, dot, fld = key.strip().rpartition(".")
+    if not (eq and dot and name and fld):
+      raise ValueError(f"--teacher-opt must be NAME.FIELD=VALUE (e.g. sam2.prompter=detr), got {item!r}")
+    parsed.append((item, name, fld, value.strip()))
+  out: dict[str, dict[str, str]] = {n: {} for n in names}
+  out |= {v: {} for _, n, f, v in parsed if n in names and f == "prompter"}
+  for item, name, fld, value in parsed:
+    if name not in out:
+      raise ValueError(f"--teacher-opt {item!r}: teacher {name!r} is neither in --teachers ({', '.join(names)}) "
+                       "nor a prompter of one")
+    out[name][fld] = value
+  return out
+
+
+def teacher_config(cls: type, camera: CameraModel, options: Mapping[str, str] | None = None):
+  """The teacher class's config dataclass (the type of load's `config`) with its defaults, `camera` and
+  `options` (field name -> text, parsed by the field's type); None when the class declares no config with a
+  camera (then it must take the frame as it is, and options are an error)."""
+  c, options = config_class(cls), dict(options or {})
+  if c is None:
+    if options:
+      raise ValueError(f"teacher {cls.name!r} has no config to set {', '.join(options)} in")
+    return None
+  hints = typing.get_type_hints(c)
+  fields = [f.name for f in dataclasses.fields(c) if f.name != "camera"]
+  values = {}
+  for k, text in options.items():
+    if k not in fields:
+      raise ValueError(f"teacher {cls.name!r} has no option {k!r} (its {c.__name__}: {', '.join(fields)}; "
+                       "the camera follows --scale)")
+    values[k] = parse_value(text, hints[k], f"{cls.name}.{k}")
+  return c(camera=camera, **values)
+
+
+def _has_prompter(cls: type) -> bool:
+  c = config_class(cls)
+  return c is not None and "prompter" in {f.name for f in dataclasses.fields(c)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,6 +144,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  help="consecutive frames per shard file (default 100)")
   p.add_argument("--overwrite", action="store_true", help="relabel shards that are already in the store")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.add_argument("--teacher-opt", action="append", default=[], metavar="NAME.FIELD=VALUE",
+                 help="set a field of a teacher's config, e.g. cotracker.grid=8,16; sam2.prompter=detr names the "
+                      "detection teacher (from --weights) whose first-frame boxes prompt SAM 2 (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,15 +158,38 @@ def run(args: argparse.Namespace) -> int:
     raise ValueError(f"--teachers needs distinct names, got {args.teachers!r}")
   cfg = LabelConfig(batch=args.batch, scale=args.scale, shard_frames=args.shard_frames, overwrite=args.overwrite)
   segments = partition(args.segments, i, n)
-  teachers = {}
-  for name in names:
-    cls = teacher_class(name)
-    teachers[name] = load_teacher(name, args.weights, args.device, config=teacher_config(cls, cfg.camera))
+  opts = parse_teacher_opts(args.teacher_opt, names)
+  teachers: dict = {}
+  options = {name: dict(sorted(opts[name].items())) for name in names}
+  load = lambda name, o: load_teacher(name, args.weights, args.device,  # noqa: E731
+                                      config=teacher_config(teacher_class(name), cfg.camera, o))
+  # prompted teachers last, so that a prompter that is also labelling is the very same instance
+  for name in sorted(names, key=lambda x: _has_prompter(teacher_class(x))):
+    if not _has_prompter(teacher_class(name)):
+      teachers[name] = load(name, opts[name])
+      continue
+    own = dict(opts[name])
+    prompter_name = own.pop("prompter", None)
+    if prompter_name is None:
+      raise ValueError(f"teacher {name!r} needs box prompts: add --teacher-opt {name}.prompter=detr (a detection "
+                       f"teacher whose first-frame boxes prompt it, loaded from --weights DIR/detr)")
+    if "detection" not in teacher_class(prompter_name).tasks:
+      raise ValueError(f"--teacher-opt {name}.prompter={prompter_name}: not a detection teacher")
+    pre = opts.get(prompter_name, {})
+    prompter = teachers.get(prompter_name) or load(prompter_name, pre)
+    config = dataclasses.replace(teacher_config(teacher_class(name), cfg.camera, own), prompter=prompter)
+    teachers[name] = load_teacher(name, args.weights, args.device, config=config)
+    # the prompter's weights and options shape these labels as much as the teacher's own
+    options[name] |= {"prompter.weights_hash": prompter.weights.sha256} | {f"prompter.{k}": v for k, v in pre.items()}
+  teachers = {name: teachers[name] for name in names}
   if not segments:
     print(f"fair label: part {i}/{n} has no segments")
     return 0
-  report = label_segments(segments, teachers, LabelStore(args.out), cfg, progress=not args.quiet)
+  report = label_segments(segments, teachers, LabelStore(args.out), cfg, progress=not args.quiet, options=options)
   print(f"fair label: {len(segments)} segments, {report.frames} frames decoded in {report.seconds:.1f} s "
         f"({report.fps:.1f} frames/s); {len(report.written)} shards written, {report.skipped_shards} already done, "
         f"{report.skipped_segments} segments complete -> {args.out}")
+  busy = [f"{name} {report.teacher_fps(name):.1f}" for name in names if report.teacher_seconds.get(name)]
+  if busy:
+    print(f"fair label: frames/s of each teacher's own time: {', '.join(busy)}")
   return 0

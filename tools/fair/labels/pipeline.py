@@ -72,6 +72,12 @@ class LabelReport:
   skipped_shards: int = 0               # shards found intact in the store
   skipped_segments: int = 0             # segments complete for every teacher (not decoded)
   seconds: float = 0.0
+  teacher_seconds: dict[str, float] = field(default_factory=dict)   # teacher -> its calls + conversion + writes
+
+  def teacher_fps(self, name: str) -> float:
+    """Frames labelled per second of `name`'s own time (decode and the other teachers excluded)."""
+    s = self.teacher_seconds.get(name, 0.0)
+    return self.labelled.get(name, 0) / s if s else 0.0
 
   @property
   def fps(self) -> float:
@@ -242,22 +248,27 @@ class _Job:
     return entry
 
 
-def _teacher_info(name: str, teacher, segment: Segment) -> ShardInfo:
+def _teacher_info(name: str, teacher, segment: Segment, options: dict[str, str]) -> ShardInfo:
   cls = type(teacher)
   w = teacher.weights
   return ShardInfo(name, f"{cls.__module__}:{cls.__qualname__}", w.sha256, str(w.path), w.model_id,
-                   code_version(teacher), segment.path.name, str(segment.path.resolve()), False)
+                   code_version(teacher), segment.path.name, str(segment.path.resolve()), False, options)
 
 
-def check_weights(store: LabelStore, teachers: dict, overwrite: bool) -> None:
-  """ValueError when the store holds labels of a teacher made with other weights (unless overwrite)."""
+def check_weights(store: LabelStore, teachers: dict, overwrite: bool, options: dict | None = None) -> None:
+  """ValueError when the store holds labels of a teacher made with other weights or other config options
+  (name -> {field: text}, as recorded in ShardEntry.options), unless overwrite."""
   if overwrite or not (store.root / "manifest.json").is_file():
     return
+  options = options or {}
   for e in store.entries():
     if e.teacher in teachers and e.weights_hash != teachers[e.teacher].weights.sha256:
       raise ValueError(f"{store.root} holds {e.teacher!r} labels made with weights {e.weights_hash[:12]} "
                        f"({e.weights_path}); these are {teachers[e.teacher].weights.sha256[:12]} "
                        f"({teachers[e.teacher].weights.path}): use another store, or --overwrite to relabel")
+    if e.teacher in teachers and e.options != options.get(e.teacher, {}):
+      raise ValueError(f"{store.root} holds {e.teacher!r} labels made with options {e.options}; these are "
+                       f"{options.get(e.teacher, {})}: use another store, or --overwrite to relabel")
 
 
 def done_shards(store: LabelStore, entries: list[ShardEntry], teacher, cfg: LabelConfig) -> tuple[set[int], bool]:
@@ -274,17 +285,19 @@ def done_shards(store: LabelStore, entries: list[ShardEntry], teacher, cfg: Labe
 
 
 def label_segments(segments: Sequence[str | Path], teachers: dict, store: LabelStore, cfg: LabelConfig = LabelConfig(),
-                   progress: bool = True) -> LabelReport:
+                   progress: bool = True, options: dict[str, dict[str, str]] | None = None) -> LabelReport:
   """Label `segments` (folders) with `teachers` (name -> loaded teacher whose input camera is cfg.camera)
-  into `store`; returns what was done. Resumes from the store (module docstring)."""
+  into `store`; returns what was done. Resumes from the store (module docstring). options: per teacher, the
+  config options it was loaded with (recorded in every shard; labels of other options are an error)."""
   for name, t in teachers.items():
     if t.input.camera != cfg.camera:
       raise ValueError(f"teacher {name!r} takes {t.input.camera.name} frames, the labels are in {cfg.camera.name}")
-  check_weights(store, teachers, cfg.overwrite)
+  options = {name: dict((options or {}).get(name, {})) for name in teachers}
+  check_weights(store, teachers, cfg.overwrite, options)
   existing = store.entries() if (store.root / "manifest.json").is_file() else []
   segs = [Segment(p) for p in segments]
   total = sum(len(s.of_type("roadEncodeIdx")) for s in segs) or None
-  report = LabelReport(labelled={n: 0 for n in teachers})
+  report = LabelReport(labelled={n: 0 for n in teachers}, teacher_seconds={n: 0.0 for n in teachers})
   t0 = time.perf_counter()
   bar = tqdm(total=total, unit="frame", desc="fair label", disable=not progress, dynamic_ncols=True)
   try:
@@ -295,7 +308,7 @@ def label_segments(segments: Sequence[str | Path], teachers: dict, store: LabelS
         done, whole = (set(), False) if cfg.overwrite else done_shards(store, mine, t, cfg)
         report.skipped_shards += len(done)
         complete &= whole
-        jobs.append(_Job(name, t, _teacher_info(name, t, seg), done, cfg))
+        jobs.append(_Job(name, t, _teacher_info(name, t, seg, options[name]), done, cfg))
       if complete:
         report.skipped_segments += 1
         bar.update(len(seg.of_type("roadEncodeIdx")))
@@ -304,11 +317,13 @@ def label_segments(segments: Sequence[str | Path], teachers: dict, store: LabelS
       frames = segment_frames(seg, cfg.camera, lambda i: any(j.needs(i) for j in jobs))
       for b in prefetch(batches(frames, cfg.shard_frames, cfg.batch), cfg.prefetch):
         for j in jobs:
+          t1 = time.perf_counter()
           j.feed(b)
           if b.shard not in j.done:
             report.labelled[j.name] += len(b.ids)
           if b.shard_end and (entry := j.end_shard(b, store)) is not None:
             report.written.append(entry)
+          report.teacher_seconds[j.name] += time.perf_counter() - t1
         report.frames += len(b.ids)
         bar.update(len(b.ids))
   finally:

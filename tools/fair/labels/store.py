@@ -81,6 +81,7 @@ class ShardEntry:
   file: str                           # shard path relative to the store root
   final: bool                         # the shard ends its segment (the video had no more frames)
   path: Path                          # absolute shard path
+  options: dict[str, str] = field(default_factory=dict, hash=False)   # config options (`fair label --teacher-opt`)
 
   @property
   def first(self) -> int:
@@ -97,14 +98,15 @@ class ShardEntry:
             "segment": self.segment, "segment_path": self.segment_path, "frame_ids": list(self.frame_ids),
             "camera": {"name": c.name, "width": c.width, "height": c.height, "focal": c.focal, "cx": c.cx, "cy": c.cy},
             "fields": {k: [d, list(s)] for k, (d, s) in self.fields.items()}, "sha256": self.sha256,
-            "created": self.created, "file": self.file, "final": self.final}
+            "created": self.created, "file": self.file, "final": self.final, "options": self.options}
 
   @staticmethod
   def from_json(d: dict[str, Any], root: Path) -> ShardEntry:
     return ShardEntry(d["teacher"], d["teacher_class"], d["weights_hash"], d["weights_path"], d.get("model_id"),
                       d["code_version"], d["segment"], d["segment_path"], tuple(d["frame_ids"]),
                       CameraModel(**d["camera"]), {k: (t, tuple(s)) for k, (t, s) in d["fields"].items()},
-                      d["sha256"], d["created"], d["file"], bool(d.get("final", False)), root / d["file"])
+                      d["sha256"], d["created"], d["file"], bool(d.get("final", False)), root / d["file"],
+                      dict(d.get("options", {})))
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class ShardInfo:
   segment: str
   segment_path: str
   final: bool
+  options: dict[str, str] = field(default_factory=dict, hash=False)   # teacher config options that made the labels
 
 
 def shard_name(first: int, last: int) -> str:
@@ -248,7 +251,7 @@ class LabelStore:
                        info.code_version, info.segment, info.segment_path, (first, last, n), labels.camera,
                        {k: (str(a.dtype), tuple(a.shape)) for k, a in arrays.items()}, hashlib.sha256(data).hexdigest(),
                        datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), rel.as_posix(),
-                       info.final, path)
+                       info.final, path, dict(info.options))
     with self._locked():
       kept, dropped = [], []
       for d in self._load_manifest():

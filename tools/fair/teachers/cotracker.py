@@ -24,7 +24,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from tools.fair.files import sha256_file
 from tools.fair.teachers.base import TeacherInput, Tracks
-from tools.fair.teachers.lk_tracker import check_clip, check_queries, finish_tracks
+from tools.fair.teachers.lk_tracker import check_clip, finish_tracks, tracker_queries
 from tools.fair.teachers.weights import HF_CACHE, WEIGHTS_ENV, MissingWeightsError, WeightsInfo
 
 HF_ID = "facebook/cotracker3"
@@ -58,6 +58,7 @@ class CoTrackerConfig:
   window_len: int = 16                    # frames per window; the official checkpoint's time embedding has 16
   resolution: tuple[int, int] | None = None  # network input (H, W), multiples of 32; None: the model's (384, 512)
   support_grid: bool = True               # track a 6x6 grid along (the offline predictor does for few queries)
+  grid: tuple[int, int] = (8, 16)         # (rows, cols) of first-frame queries when called without queries
 
 
 class CoTrackerTeacher:
@@ -126,11 +127,12 @@ class CoTrackerTeacher:
     return TeacherInput(self.config.camera, clip=0)
 
   @torch.inference_mode()
-  def __call__(self, clip: np.ndarray, queries) -> Tracks:
-    """Tracks of query points (N, 3) = (t, x, y) through one clip (1, T, H, W, 3) of uint8 RGB model frames."""
+  def __call__(self, clip: np.ndarray, queries=None) -> Tracks:
+    """Tracks of query points (N, 3) = (t, x, y) through one clip (1, T, H, W, 3) of uint8 RGB model frames;
+    queries None: the config's grid of points on the first frame (lk_tracker.grid_queries)."""
     cam = self.config.camera
     frames = check_clip(clip, cam)
-    q = check_queries(queries, len(frames), cam)
+    q = tracker_queries(queries, len(frames), cam, self.config.grid)
     if not len(q):
       return finish_tracks(np.zeros((len(frames), 0, 2)), np.zeros((len(frames), 0), bool), q, cam)
     p = self.predictor

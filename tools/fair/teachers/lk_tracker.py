@@ -5,8 +5,10 @@ a step is kept only if tracking the new position back lands within `fb_max_px` o
 (forward-backward consistency, Kalal et al. 2010) and inside the frame. A point that fails a step is
 lost for the rest of the clip: LK has no re-detection, so it never comes back.
 
-Also home of what every point tracker shares (trackers: lk, cotracker): the clip and query checks and
-the Tracks conventions below.
+Also home of what every point tracker shares (trackers: lk, cotracker): the clip and query checks, the
+default query grid and the Tracks conventions below. Called without queries (as `fair label` calls video
+teachers), a tracker tracks a regular grid of its config's `grid` = (rows, cols) points from the clip's
+first frame (`grid_queries`; CoTracker's own "grid_size" mode is the precedent).
 
 Tracks conventions (both trackers): points before a point's query frame, and after LK loses it, are NaN
 and not visible; at its query frame a point is exactly its query and visible; a point outside the frame
@@ -56,6 +58,23 @@ def check_queries(queries, n_frames: int, camera: CameraModel) -> np.ndarray:
   return q.astype(np.float32)
 
 
+def grid_queries(grid: tuple[int, int], camera: CameraModel, t: int = 0) -> np.ndarray:
+  """Queries (rows * cols, 3) = (t, x, y) float32 at the centres of a rows x cols grid of equal cells over the
+  frame (row-major, pixel centres at integers); ValueError unless rows, cols >= 1."""
+  rows, cols = (int(n) for n in grid)
+  if rows < 1 or cols < 1:
+    raise ValueError(f"query grid must be (rows, cols) >= 1, got {grid}")
+  x = (np.arange(cols) + 0.5) * camera.width / cols - 0.5
+  y = (np.arange(rows) + 0.5) * camera.height / rows - 0.5
+  yy, xx = np.meshgrid(y, x, indexing="ij")
+  return np.stack([np.full(xx.size, t), xx.ravel(), yy.ravel()], 1).astype(np.float32)
+
+
+def tracker_queries(queries, n_frames: int, camera: CameraModel, grid: tuple[int, int]) -> np.ndarray:
+  """check_queries of `queries`, or the first frame's grid_queries(grid) when queries is None."""
+  return check_queries(grid_queries(grid, camera) if queries is None else queries, n_frames, camera)
+
+
 def inside(points: np.ndarray, camera: CameraModel) -> np.ndarray:
   """(..., 2) pixel positions inside the frame (pixel centres at integers); False for NaN."""
   x, y = points[..., 0], points[..., 1]
@@ -86,6 +105,7 @@ class LKConfig:
   epsilon: float = 0.01            # px
   min_eig: float = 1e-4            # OpenCV's minEigThreshold: textureless windows fail
   fb_max_px: float = 1.0           # forward-backward error (px) above which a point is lost
+  grid: tuple[int, int] = (8, 16)  # (rows, cols) of first-frame queries when called without queries
 
   def params(self) -> dict:
     """The tracking parameters (everything but the camera), for hashing and provenance."""
@@ -130,11 +150,12 @@ class LKTracker:
   def input(self) -> TeacherInput:
     return TeacherInput(self.config.camera, clip=0)
 
-  def __call__(self, clip: np.ndarray, queries) -> Tracks:
-    """Tracks of query points (N, 3) = (t, x, y) through one clip (1, T, H, W, 3) of uint8 RGB model frames."""
+  def __call__(self, clip: np.ndarray, queries=None) -> Tracks:
+    """Tracks of query points (N, 3) = (t, x, y) through one clip (1, T, H, W, 3) of uint8 RGB model frames;
+    queries None: the config's grid of points on the first frame."""
     cam = self.config.camera
     frames = check_clip(clip, cam)
-    q = check_queries(queries, len(frames), cam)
+    q = tracker_queries(queries, len(frames), cam, self.config.grid)
     n_t, n = len(frames), len(q)
     points = np.full((n_t, n, 2), np.nan, np.float32)
     visible = np.zeros((n_t, n), bool)

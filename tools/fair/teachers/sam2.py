@@ -61,6 +61,17 @@ def box_prompts(prompts: BoxPrompts | Sequence[Detections]) -> tuple[np.ndarray,
   return boxes, labels
 
 
+def nonempty(dets: Detections) -> Detections:
+  """A prompter's detections without boxes of no area (a detector clamps boxes beyond the frame edge to
+  zero width): they hold no object to prompt, and box_prompts refuses them."""
+  b = np.asarray(dets.boxes, np.float32).reshape(-1, 4)
+  keep = np.isfinite(b).all(1) & (b[:, 2:] > b[:, :2]).all(1)
+  if keep.all():
+    return dets
+  return Detections(b[keep], np.asarray(dets.scores)[keep], tuple(c for c, k in zip(dets.classes, keep) if k),
+                    np.asarray(dets.coco_ids)[keep], None if dets.positions is None else dets.positions[keep])
+
+
 def boxes_to_network(boxes: np.ndarray, camera: CameraModel, size: tuple[int, int]) -> torch.Tensor:
   """Model-frame boxes (N, 4) → SAM prompt coordinates (N, 4) in the (size[0], size[1]) network input:
   continuous positions scale with the resize, pixel centres sit at integers ((x + 0.5) * s - 0.5)."""
@@ -191,7 +202,7 @@ class Sam2Teacher:
     if t == 0 and prompts is not None:
       return box_prompts(prompts)
     if cfg.prompter is not None and (t == 0 or (cfg.reprompt_every > 0 and t % cfg.reprompt_every == 0)):
-      return box_prompts(cfg.prompter(frames[t:t + 1]))
+      return box_prompts(nonempty(cfg.prompter(frames[t:t + 1])[0]))
     return np.zeros((0, 4), np.float32), ()
 
   @torch.inference_mode()
