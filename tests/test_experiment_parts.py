@@ -17,6 +17,7 @@ from selfdrive.modeld_fair.model_io import OUTPUTS  # noqa: E402
 from tools.fair.experiments.evaluate import (comparison_table, evaluate_student, evaluate_teachers,  # noqa: E402
                                              write_table)
 from tools.fair.experiments.generate import generate_segments, is_finished, segment_specs  # noqa: E402
+from tools.fair.teachers.dpt_depth import DptDepthConfig  # noqa: E402
 from tools.fair.experiments.teacher_training import (TeacherTrainConfig, depth_teacher_config,  # noqa: E402
                                                      train_depth_teacher, train_seg_teacher)
 from tools.fair.sim import make_scene, scene_gt  # noqa: E402
@@ -101,6 +102,9 @@ def test_depth_teacher_training_learns_and_loads_without_focal_correction(tmp_pa
   assert result.train_focal == pytest.approx(CAM.focal * 56 / 128)
   teacher = load_teacher("dpt-depth", tmp_path, config=depth_teacher_config(tmp_path, CAM))
   assert teacher.size == (56, 112) and teacher.input_focal == pytest.approx(result.train_focal)
+  # the checkpoint itself records that focal length: the default config (no KITTI assumption) feeds the same size
+  plain = load_teacher("dpt-depth", tmp_path, config=DptDepthConfig(camera=CAM))
+  assert plain.size == (56, 112) and plain.config.train_focal == pytest.approx(result.train_focal)
   out = teacher(frames)
   assert isinstance(out, DepthMaps) and out.depth.shape == depth.shape
   with torch.no_grad():   # the teacher returns the trained network's map, resized, with no focal factor

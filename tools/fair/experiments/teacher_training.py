@@ -189,6 +189,9 @@ def train_depth_teacher(frames_rgb: np.ndarray, depth: np.ndarray, out_dir, cfg:
   seconds = time.monotonic() - t0
 
   def write(folder: Path):
+    # the focal length it learnt metric depth at: DptDepthTeacher reads it back, so load_teacher("dpt-depth") needs
+    # no special config for a head trained here (official heads fall back to KITTI's)
+    model.config.fair_train_focal = train_focal
     model.save_pretrained(folder)
     _record(folder, cfg, len(frames_rgb), size, train_focal, losses, seconds)
 

@@ -55,9 +55,9 @@ class Preset:
 
 
 PRESETS = {
-  # ~60 min on the 2-core CPU of docs/benchmarks/transfer.md
-  "full": Preset(train_segments=12, val_segments=4, seconds=5.0, every=1, teacher_steps=600, teacher_width=192,
-                 teacher_layers=6, teacher_input=112, student_steps=2000, batch=8, dora_steps=400),
+  # about an hour on the 2-core CPU of docs/benchmarks/transfer.md
+  "full": Preset(train_segments=12, val_segments=4, seconds=5.0, every=1, teacher_steps=400, teacher_width=192,
+                 teacher_layers=6, teacher_input=112, student_steps=1500, batch=8, dora_steps=300),
   # CI's ~2 minute miniature: the same code path at toy sizes; only "metrics move the right way" is checked
   "mini": Preset(train_segments=2, val_segments=1, seconds=1.0, every=1, teacher_steps=30, teacher_width=64,
                  teacher_layers=4, teacher_input=56, student_steps=40, batch=4, dora_steps=6, workers=1,
@@ -120,11 +120,12 @@ def train_teachers(preset: Preset, cache, weights: Path) -> dict:
 
 def load_teachers(weights: Path, camera, feature_scale: float) -> dict:
   """The trained teachers through the same loading path as official weights (load_teacher)."""
+  from tools.fair.experiments.teacher_training import depth_teacher_config
   from tools.fair.teachers import load_teacher
   from tools.fair.teachers.dinov2 import DinoConfig
   from tools.fair.teachers.dinov2_seg import DinoSegConfig
-  from tools.fair.teachers.dpt_depth import DptDepthConfig
-  return {"dpt-depth": load_teacher("dpt-depth", weights, config=DptDepthConfig(camera=camera)),
+  # fed at the focal length it was trained at (training.json); DptDepthConfig's default would assume KITTI's
+  return {"dpt-depth": load_teacher("dpt-depth", weights, config=depth_teacher_config(weights, camera)),
           "dinov2-seg": load_teacher("dinov2-seg", weights, config=DinoSegConfig(camera=camera)),
           "dinov2": load_teacher("dinov2", weights, config=DinoConfig(camera=camera, scale=feature_scale))}
 
