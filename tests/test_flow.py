@@ -82,6 +82,37 @@ def test_photometric_loss_prefers_the_generators_flow_on_a_rendered_pair():
   assert exact < 0.9 * zero < 0.9 * reversed_, (exact, zero, reversed_)
 
 
+def _flow_pyramid(flow: torch.Tensor, sizes) -> list[torch.Tensor]:
+  """A flow (B, 2, H, W) as the pyramid FlowNet returns: itself, then area-resized to each (h, w) in its pixels."""
+  h, w = flow.shape[-2:]
+  return [flow] + [F.interpolate(flow, size=s, mode="area") * torch.tensor([s[1] / w, s[0] / h]).view(1, 2, 1, 1)
+                   for s in sizes]
+
+
+def test_default_training_loss_ranks_the_generators_flow_below_zero_flow():
+  """The root cause of a network that predicted almost no motion: with ARFlow's smoothness weight 2.5 and the
+  8x4 / 16x8 levels supervised, the full training loss of a generated 256x128 driving pair was lower for zero flow
+  than for the generator's exact flow. The defaults must rank the exact flow first."""
+  scene = make_scene(5, 0.2, "mici", dataclasses.replace(SCENARIOS["highway"], noise=0.0))
+  cam, rpy = gt_camera(scene, "model", (256, 128))
+  g0, g1 = scene_gt(scene, 1, cam, rpy, "model"), scene_gt(scene, 2, cam, rpy, "model")
+  img1, img2 = (torch.from_numpy(g.rgb).permute(2, 0, 1)[None].float() / 255 for g in (g0, g1))
+  exact = torch.from_numpy(g0.flow).permute(2, 0, 1)[None]
+  assert exact.norm(dim=1).mean() > 2
+  sizes = [(16, 32), (8, 16), (4, 8)]    # the default net's decoded levels 3..5 at 256x128
+  shapes = [tuple(f.shape) for f in FlowNet(FlowNetConfig(output_level=2))(img1, img2, backward=True)]
+  assert shapes == [(2, 2, 128, 256)] + [(2, 2) + s for s in sizes]
+
+  def total(flow, config):   # forward flow as given, backward flow zero in both cases
+    flows = [torch.cat([f, torch.zeros_like(f)]) for f in _flow_pyramid(flow, sizes)]
+    return unsupervised_loss(flows, img1, img2, config=config, occlusion_aware=False).total.item()
+
+  new = LossConfig()
+  assert total(exact, new) < total(0 * exact, new) - 0.003   # half of it is the (equal) backward term
+  old = LossConfig(w_smooth=2.5, scale_weights=(1.0, 1.0, 1.0, 1.0, 0.0))
+  assert total(exact, old) > total(0 * exact, old)
+
+
 @settings(max_examples=8, deadline=None)
 @given(st.integers(0, 2 ** 31 - 1))
 def test_ssim_of_identical_images_is_one(seed):
