@@ -24,7 +24,10 @@ from tools.fair.data.targets import boxes_from_masks, sample_targets
 TASKS = ("depth", "seg", "panoptic", "detection", "features", "lanes")
 _GT_FIELDS = ("depth", "semantic", "box_xyxy", "box_cls", "box_count", "box_pos", "lanes", "lane_visible",
               "lane_exists", "ego")
-_LABEL_CACHE = 8   # (teacher, segment) label arrays kept per process
+# (teacher, segment) label arrays kept per process: shuffled sampling touches every segment each epoch, and a miss
+# re-reads and re-hashes whole shards (~50 MB of soft labels per 100 frames): keep every (teacher, segment) of a
+# few dozen segments (a few hundred MB)
+_LABEL_CACHE = 64
 
 
 def _detection_class_map(classes: list[str]) -> np.ndarray:
