@@ -151,7 +151,9 @@ def recipe(name: str, preset: Preset, out: Path, caches: dict, steps: int, **opt
 
 
 def train_student(r, mining: bool = False):
-  """Fit (or resume) a recipe; returns (the trained model with EMA weights applied, FitResult, mining report)."""
+  """Fit (or resume) a recipe; returns (the trained model with EMA weights applied, its fit summary, mining report).
+  The summary (steps, training time, parameters) is kept in the run folder's fit.json, so a resumed run that has
+  nothing left to train still reports the time its training took."""
   import copy
 
   import torch
@@ -159,19 +161,27 @@ def train_student(r, mining: bool = False):
   from tools.fair.data.mining import HardExampleSampler
   from tools.fair.distill.recipe import build_dataset
   from tools.fair.distill.trainer import DistillationTrainer, build_model
+  from tools.fair.files import atomic_write
   train_ds = build_dataset(r.data, "train")
   sampler = HardExampleSampler(len(train_ds), seed=r.run.seed) if mining else None
   trainer = DistillationTrainer(r, build_model(r), train_ds, None, sampler=sampler)
   if trainer.resume():
     _log(f"{r.name}: resumed at step {trainer.step}")
   _log(f"{r.name}: training to step {trainer.total_steps} on {len(train_ds)} samples")
+  start = trainer.step
   result = trainer.fit()
+  path = Path(r.run.out) / "fit.json"
+  summary = json.loads(path.read_text()) if path.is_file() else {"train_time_s": 0.0}
+  if result.step > start:
+    summary = {"steps": result.step, "train_time_s": summary["train_time_s"] + result.train_time_s,
+               "trainable_params": result.trainable_params, "total_params": result.total_params}
+    atomic_write(path, json.dumps(summary))
   model = copy.deepcopy(trainer.model)
   if trainer.ema is not None:
     with trainer.ema.applied(trainer.model):
       model.load_state_dict(trainer.model.state_dict())
   report = sampler.report(10, records=train_ds.record) if sampler is not None else ""
-  return model.eval().to(torch.device("cpu")), result, report
+  return model.eval().to(torch.device("cpu")), summary, report
 
 
 def evaluate_all(preset: Preset, caches: dict, teachers: dict, students: dict) -> dict:
@@ -188,6 +198,18 @@ def evaluate_all(preset: Preset, caches: dict, teachers: dict, students: dict) -
     _log(f"evaluating {name}")
     rows[name] = {**evaluate_student(model, val), **student_size(model)}
   return rows
+
+
+def _merge_timings(out: Path, timings: dict) -> dict:
+  """Stage times of this invocation merged into OUT/timings.json: a stage that found its outputs complete (under
+  2 s) keeps the time of the invocation that did its work; total = the sum of the stages."""
+  from tools.fair.files import atomic_write
+  path = out / "timings.json"
+  merged = json.loads(path.read_text()) if path.is_file() else {}
+  merged.update({k: v for k, v in timings.items() if v >= 2.0 or k not in merged})
+  merged["total"] = sum(v for k, v in merged.items() if k != "total")
+  atomic_write(path, json.dumps(merged, indent=1))
+  return merged
 
 
 def check_result(preset: Preset, metrics: dict) -> list[str]:
@@ -240,7 +262,8 @@ def report_markdown(metrics: dict, command: str) -> str:
     *[f"| {n} | {st[k]['trainable_params']:,} | {100 * st[k]['trainable_params'] / st[k]['total_params']:.1f}% | "
       f"{st[k]['steps']} | {st[k]['train_time_s']:.0f} | {rows['student (' + n + ')']['depth_abs_rel']:.3f} | "
       f"{rows['student (' + n + ')']['miou']:.3f} |" for n, k in adapt], "",
-    "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()), ""])
+    "Stage times (s; stages resumed in a later invocation keep the time of the one that did the work): "
+    + ", ".join(f"{k} {v:.0f}" for k, v in t.items()), ""])
 
 
 def ship(model, out_onnx: Path, metrics: dict, command: str) -> dict:
@@ -282,17 +305,17 @@ def run(preset_name: str, out: Path, ship_model: bool = False, threads: int | No
   reference, fit_g, _ = train_student(recipe("transfer_gt", preset, out, caches, preset.student_steps, use_gt=True))
   timings["student_gt"] = time.monotonic() - t
   # DoRA vs full: continue the ground-truth student on the teachers' labels + features, adapters vs all weights
-  init = str(Path(fit_g.out) / "init.safetensors")
+  init = str(out / "runs" / "transfer_gt" / "init.safetensors")
   from safetensors.torch import save_file
   save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, init)
-  adapted = {}
+  adapted, t = {}, time.monotonic()
   for name, dora in (("DoRA", True), ("full", False)):
     r = recipe("transfer_dora", preset, out, caches, preset.dora_steps, use_gt=False, **labels)
     r = replace(r, name=f"transfer_dora_{name}", student=replace(r.student, init=init),
                 dora=replace(r.dora, enabled=dora), run=replace(r.run, out=str(out / "runs" / f"adapt_{name}")))
-    t = time.monotonic()
     model, fit, _ = train_student(r)
-    adapted[name] = (merge_for_export(model), fit, time.monotonic() - t)
+    adapted[name] = (merge_for_export(model), fit)
+  timings["student_dora_vs_full"] = time.monotonic() - t
   torch.manual_seed(preset.seed)
   untrained = build_student(student_config("nano")).eval()
   t = time.monotonic()
@@ -301,15 +324,12 @@ def run(preset_name: str, out: Path, ship_model: bool = False, threads: int | No
     "student (GT + DoRA on teachers)": adapted["DoRA"][0], "student (GT + full fine-tune on teachers)": adapted["full"][0],
     "student (untrained)": untrained})
   timings["evaluate"] = time.monotonic() - t
-  timings["total"] = time.monotonic() - t0
+  timings = _merge_timings(out, timings)
   metrics = {
     "preset": asdict(preset) | {"name": preset_name}, "rows": rows, "timings_s": timings,
     "teachers": {n: {k: i[k] for k in ("seconds", "loss_first20", "loss_last20", "frames", "network_size")}
                  for n, i in teacher_info.items()},
-    "students": {n: {"steps": f.step, "train_time_s": f.train_time_s, "trainable_params": f.trainable_params,
-                     "total_params": f.total_params}
-                 for n, f in (("distilled", fit_d), ("gt", fit_g), ("dora", adapted["DoRA"][1]),
-                              ("full_finetune", adapted["full"][1]))},
+    "students": {"distilled": fit_d, "gt": fit_g, "dora": adapted["DoRA"][1], "full_finetune": adapted["full"][1]},
     "samples": {"train": len(caches["train"]), "val": len(caches["val"])},
   }
   metrics["failed_checks"] = check_result(preset, metrics)
