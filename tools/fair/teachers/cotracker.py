@@ -24,7 +24,8 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from tools.fair.files import sha256_file
 from tools.fair.teachers.base import TeacherInput, Tracks
-from tools.fair.teachers.lk_tracker import check_clip, finish_tracks, tracker_queries
+from tools.fair.teachers.lk_tracker import finish_tracks, tracker_queries
+from tools.fair.teachers.preprocess import check_clip
 from tools.fair.teachers.weights import HF_CACHE, WEIGHTS_ENV, MissingWeightsError, WeightsInfo
 
 HF_ID = "facebook/cotracker3"

@@ -27,17 +27,8 @@ import torch
 
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from tools.fair.teachers.base import TeacherInput, Tracks
-from tools.fair.teachers.preprocess import check_frames
+from tools.fair.teachers.preprocess import check_clip
 from tools.fair.teachers.weights import WeightsInfo
-
-
-def check_clip(clip: np.ndarray, camera: CameraModel) -> np.ndarray:
-  """One clip (1, T, H, W, 3) uint8 RGB of `camera` -> its (T, H, W, 3) frames; ValueError otherwise."""
-  clip = np.asarray(clip)
-  if clip.ndim != 5 or clip.shape[0] != 1 or clip.shape[1] < 1:
-    raise ValueError(f"expected one clip (1, T, {camera.height}, {camera.width}, 3) of uint8 RGB frames in the "
-                     f"{camera.name} model frame, got {clip.dtype} {clip.shape}")
-  return check_frames(clip[0], camera)
 
 
 def check_queries(queries, n_frames: int, camera: CameraModel) -> np.ndarray:

@@ -37,6 +37,15 @@ def check_frames(frames: np.ndarray, camera: CameraModel) -> np.ndarray:
   return frames
 
 
+def check_clip(clip: np.ndarray, camera: CameraModel) -> np.ndarray:
+  """One clip (1, T, H, W, 3) uint8 RGB of `camera` -> its (T, H, W, 3) frames; ValueError otherwise."""
+  clip = np.asarray(clip)
+  if clip.ndim != 5 or clip.shape[0] != 1 or clip.shape[1] < 1:
+    raise ValueError(f"expected one clip (1, T, {camera.height}, {camera.width}, 3) of uint8 RGB frames in the "
+                     f"{camera.name} model frame, got {clip.dtype} {clip.shape}")
+  return check_frames(clip[0], camera)
+
+
 def to_network(frames: np.ndarray, camera: CameraModel, size: tuple[int, int], device: str | torch.device,
                dtype: torch.dtype) -> torch.Tensor:
   """uint8 RGB (B, H, W, 3) model frames → ImageNet-normalised (B, 3, size[0], size[1]) `dtype` on `device`."""

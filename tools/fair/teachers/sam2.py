@@ -26,7 +26,7 @@ from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenc
 
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from tools.fair.teachers.base import Detections, TeacherInput, VideoMasks, default_dtype
-from tools.fair.teachers.preprocess import check_frames, to_model_frame, to_network
+from tools.fair.teachers.preprocess import check_clip, to_model_frame, to_network
 from tools.fair.teachers.weights import WeightsInfo, load_pretrained
 
 # a prompter maps uint8 RGB model frames (1, H, W, 3) to one Detections per frame (a DetrTeacher is one)
@@ -153,15 +153,6 @@ class ClipMasks:
     instance = np.stack([instance_map(masks[t], scores[t], ids) for t in range(t_)]) if t_ else \
       np.zeros((0, h_, w_), np.int32)
     return VideoMasks(instance, ids, presence, scores, tuple(self.labels), self.camera)
-
-
-def check_clip(clip: np.ndarray, camera: CameraModel) -> np.ndarray:
-  """A video teacher's input (1, T, H, W, 3) uint8 → its frames (T, H, W, 3); ValueError naming the shape."""
-  clip = np.asarray(clip)
-  if clip.ndim != 5 or clip.shape[0] != 1 or clip.shape[1] < 1:
-    raise ValueError(f"expected one clip of uint8 RGB frames (1, T, {camera.height}, {camera.width}, 3) in the "
-                     f"{camera.name} model frame, got {clip.dtype} {clip.shape}")
-  return check_frames(clip[0], camera)
 
 
 class Sam2Teacher:

@@ -24,8 +24,8 @@ from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenc
 
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from tools.fair.teachers.base import TeacherInput, VideoMasks, default_dtype
-from tools.fair.teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_model_frame, to_network
-from tools.fair.teachers.sam2 import ClipMasks, check_clip
+from tools.fair.teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_clip, to_model_frame, to_network
+from tools.fair.teachers.sam2 import ClipMasks
 from tools.fair.teachers.weights import MissingWeightsError, WeightsInfo, load_pretrained
 
 DEFAULT_PROMPTS = ("car", "pedestrian", "traffic cone")
