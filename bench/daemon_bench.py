@@ -13,6 +13,7 @@ between frames, as a model would, so the warp tables come from memory). Target: 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import tempfile
 import time
@@ -98,6 +99,7 @@ def main() -> int:
   ap.add_argument("--out", type=Path, default=Path("docs/benchmarks/daemon.md"))
   args = ap.parse_args()
   cpu = pin_one_core()
+  gc.disable()  # as the daemon runs (modeld_fair.main / openpilot's config_realtime_process)
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     for camera in (TICI_ROAD, MICI_ROAD):
@@ -109,7 +111,8 @@ def main() -> int:
         rows.append(f"| {camera.name} {camera.width}x{camera.height} | {'cache flushed' if flush else 'warm'} | "
                     + " | ".join(cells) + f" | **{pct(over, 50):.2f} / {pct(over, 99):.2f}** |")
   text = header("modeld_fair per-frame overhead, one core", f"python bench/daemon_bench.py --frames {args.frames}") + (
-    f"- pinned to cpu {cpu}; {args.frames} frames per row after 10 warm-up frames; times in ms as p50 / p99\n"
+    f"- pinned to cpu {cpu}; Python's cyclic GC off, as in the daemon; {args.frames} frames per row after 10 warm-up "
+    "frames; times in ms as p50 / p99\n"
     "- the daemon's `step` with an instant runner (fixed realistic outputs: 16 objects, 4 lanes, full grids),\n"
     "  publishing through ZmqSource (pyzmq ipc) to a drained subscriber; frame reception is not included\n"
     "- cache flushed: the runner streams 32 MB between frames, as a model run would\n\n"

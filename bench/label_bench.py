@@ -152,9 +152,11 @@ def main() -> int:
   text = header("Pseudo-labelling throughput (fair label), CPU", cmd) + (
     f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, fp32, inference_mode; random weights of "
     "the real architectures; model frame 256x128 (--scale 0.5)\n"
-    f"- load average at the end: {os.getloadavg()[0]:.1f} (the 2 cores were shared with other jobs: absolute numbers "
-    "are pessimistic and noisy, compare within a row)\n"
+    f"- load average at the end: {os.getloadavg()[0]:.1f} (above the core count, other jobs shared the cores: "
+    "absolute numbers are then pessimistic and noisy; compare within a row)\n"
     f"- decode + warp alone: {dw:.1f} ms per 1344x760 frame (the prefetch thread overlaps it with the teacher)\n"
+    "- on a CPU, torch already spreads each forward pass over all cores, so batching only saves per-call overhead and "
+    "prefetch hides decode + warp; on a GPU batching pays 7-13x (docs/labels.md, H200)\n"
     f"- best of {args.rounds} alternating rounds per mode, after one untimed call at each batch shape\n\n"
     "| teacher | network input | frames | naive per-frame loop (frames/s) | pipeline, batch 1 + prefetch (frames/s) | "
     f"pipeline, batch {args.batch} + prefetch (frames/s) | speed-up batched vs naive |\n"

@@ -16,6 +16,7 @@ is made, and nothing here imports torch or transformers.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import signal
@@ -352,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
   inside = args.source == "openpilot" or (args.source == "auto" and openpilot_available())
   if inside:
     config_realtime()
+  else:
+    gc.disable()   # as openpilot's config_realtime_process does inside openpilot: no collector pauses mid-frame
   runner = load_runner(args.runtime or ("tinygrad" if inside else "onnxruntime"), args.model_dir, args.runner_factory)
   source = OpenpilotSource() if inside else ZmqSource(args.ipc_dir)
   stop = stop_on_signals()
