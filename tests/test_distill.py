@@ -363,3 +363,26 @@ def test_cli(tmp_path, capsys):
   assert "--resume" in capsys.readouterr().err
   assert main(["train", str(good), "--steps", "3", "--out", str(out), "--resume", "--no-progress"]) == 0
   assert "good: 3 steps" in capsys.readouterr().out
+
+
+def test_cli_compare_dora_against_full(tmp_path, capsys):
+  """`fair train A --compare B`: both recipes on the same data, side by side, and the markdown table."""
+  from tools.fair.cli import main
+  data = '[data]\nbuilder = "test_distill:build_synthetic"\noptions = {n = 4}\n'
+  common = '[optim]\nbatch_size = 2\nwarmup_steps = 1\n[loss.weights]\nseg = 1.0\n'
+  full, dora = tmp_path / "full.toml", tmp_path / "dora.toml"
+  full.write_text(data + common)
+  dora.write_text(data + common + '[dora]\nenabled = true\nrank = 4\n')
+  out = tmp_path / "cmp"
+  assert main(["train", str(full), "--compare", str(dora), "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+  table = (out / "compare-full-vs-dora.md").read_text()
+  rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+          for line in table.splitlines()[2:]}
+  assert set(rows) == {"full", "dora"} and rows["full"][3] == "100.0%"
+  trainable = {k: int(v[2].replace(",", "")) for k, v in rows.items()}
+  assert 0 < trainable["dora"] < 0.2 * trainable["full"]
+  assert (out / "full" / "checkpoints").is_dir() and (out / "dora" / "checkpoints").is_dir()
+  other = tmp_path / "other.toml"
+  other.write_text(data.replace("n = 4", "n = 5") + common)
+  assert main(["train", str(full), "--compare", str(other), "--steps", "1", "--out", str(tmp_path / "x")]) == 2
+  assert "same [data]" in capsys.readouterr().err
