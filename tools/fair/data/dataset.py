@@ -1,4 +1,4 @@
-"""The student's training samples (docs/batch_contract in docs/data.md): frame cache + ground truth and/or
+"""The student's training samples (the batch contract, docs/data.md): frame cache + ground truth and/or
 pseudo labels -> raw sample -> augmentation -> targets -> dict of torch tensors.
 
   ds = StudentDataset(FrameCache(path), labels="labels/", teachers={"depth": "dpt-depth"}, use_gt=False)
@@ -175,18 +175,6 @@ class StudentDataset(Dataset):
     if "features" in s:
       out["features"] = torch.from_numpy(np.ascontiguousarray(s["features"], np.float32))
     return out
-
-
-def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-  """Stack items; a key missing from some items is zero-filled there and gets a "has_<key>" (B,) mask."""
-  keys = list(dict.fromkeys(k for item in batch for k in item))
-  out = {}
-  for k in keys:
-    ref = next(item[k] for item in batch if k in item)
-    out[k] = torch.stack([item.get(k, torch.zeros_like(ref)) for item in batch])
-    if any(k not in item for item in batch):
-      out[f"has_{k}"] = torch.tensor([float(k in item) for item in batch])
-  return out
 
 
 def split_indices(cache: FrameCache, split: str, val_fraction: float = 0.1, seed: int = 0) -> np.ndarray:

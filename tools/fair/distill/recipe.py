@@ -226,7 +226,7 @@ def with_overrides(r: Recipe, out: str | None = None, steps: int | None = None) 
 def build_dataset(data: DataSection, split: str):
   """The data side's hook: imports `data.builder` ("module:function", default tools.fair.data.dataset:build) lazily and
   returns function(data, split) for split "train" or "val": a map-style torch Dataset whose items follow
-  notes/batch_contract.md (dicts of tensors with at least "img" and "index"); for "val" it may return None."""
+  the batch contract (docs/data.md) (dicts of tensors with at least "img" and "index"); for "val" it may return None."""
   if split not in ("train", "val"):
     raise ValueError(f"split must be 'train' or 'val', got {split!r}")
   module, fn = data.builder.split(":", 1)
