@@ -19,9 +19,10 @@ from selfdrive.modeld_fair.outputs import decode_objects
 from tools.fair.data import stats as stats_cli
 from tools.fair.data.augment import AugmentConfig
 from tools.fair.data.cache import FrameCache, build_frame_cache
-from tools.fair.data.dataset import StudentDataset, build, collate, split_indices
+from tools.fair.data.dataset import StudentDataset, build, split_indices
 from tools.fair.data.mining import HardExampleSampler
 from tools.fair.data.targets import boxes_from_masks, centernet_targets, depth_grid, probs_grid, seg_grid
+from tools.fair.distill.trainer import collate  # the batching training uses
 from tools.fair.labels.store import LabelStore, Labels, ShardInfo
 from tools.fair.routes import Segment
 from tools.fair.sim.gt import load_segment_scene
