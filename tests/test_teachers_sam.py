@@ -161,7 +161,10 @@ def test_boxes_and_masks_map_there_and_back(x0, y0, w, h):
   low = F.interpolate(torch.from_numpy(net[None]).float() * 2 - 1, size=(S2 // 4, S2 // 4), mode="bilinear",
                       align_corners=False, antialias=True)             # the decoder's low-resolution logits
   back = to_model_frame(low, CAM)[0] > 0
-  np.testing.assert_allclose(mask_boxes(back.numpy()), box, atol=1.01)
+  # A logit cell spans 4x2 model pixels; next to the image border the antialiased downsampling above is truncated
+  # and biased, so allow half a cell per axis.
+  half_cell = np.array([CAM.width, CAM.height, CAM.width, CAM.height]) / (S2 // 4) / 2
+  assert np.all(np.abs(mask_boxes(back.numpy()) - box) <= half_cell + 0.01), (mask_boxes(back.numpy()), box)
 
 
 # ---- SAM 2
