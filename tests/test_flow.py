@@ -16,7 +16,8 @@ from safetensors.torch import load_file  # noqa: E402
 
 from tools.fair.bench.metrics.egomotion import relative_pose_errors  # noqa: E402
 from tools.fair.flow.losses import (LossConfig, apply_homography, fit_homography, homography_loss,  # noqa: E402
-                                    photometric_loss, smoothness_loss, ssim, unsupervised_loss)
+                                    blurred_photometric_loss, gaussian_blur, out_of_frame_excess, photometric_loss,
+                                    smoothness_loss, ssim, unsupervised_loss)
 from tools.fair.flow.model import (FlowNet, FlowNetConfig, correlation, fb_occlusion, normalize_features,  # noqa: E402
                                    warp)
 from tools.fair.flow.motion import ego_motion, object_velocities, scene_relative_pose  # noqa: E402
@@ -111,6 +112,62 @@ def test_default_training_loss_ranks_the_generators_flow_below_zero_flow():
   assert total(exact, new) < total(0 * exact, new) - 0.003   # half of it is the (equal) backward term
   old = LossConfig(w_smooth=2.5, scale_weights=(1.0, 1.0, 1.0, 1.0, 0.0))
   assert total(exact, old) > total(0 * exact, old)
+
+
+def test_gaussian_blur_keeps_constants_and_the_mean_and_matches_a_dense_kernel():
+  x = torch.rand(1, 2, 20, 24, generator=torch.Generator().manual_seed(3))
+  torch.testing.assert_close(gaussian_blur(torch.full((1, 1, 9, 9), 0.3), 2.0), torch.full((1, 1, 9, 9), 0.3))
+  y = gaussian_blur(x, 1.5)
+  assert y.std() < 0.6 * x.std()
+  r = 5
+  k = torch.exp(-torch.arange(-r, r + 1.0) ** 2 / (2 * 1.5 ** 2))
+  k2 = (k[:, None] * k[None]) / k.sum() ** 2
+  ref = F.conv2d(F.pad(x, (r,) * 4, mode="replicate").view(2, 1, 30, 34), k2[None, None]).view(1, 2, 20, 24)
+  torch.testing.assert_close(y, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_blurred_photometric_loss_sees_a_shift_that_the_sharp_loss_cannot():
+  """The wide basin: a fine texture shifted by 6 px. At zero flow the sharp loss's gradient does not point to the
+  shift (its texture decorrelates within a pixel or two); the blurred terms' gradient does, and they are ~0 at it."""
+  g = torch.Generator().manual_seed(0)
+  big = F.interpolate(torch.rand(1, 3, 32, 51, generator=g), size=(64, 102), mode="bilinear", align_corners=False)
+  img1, img2 = big[..., 6:], big[..., :-6]     # img1 at p is img2 at p + (6, 0)
+  shift = torch.tensor([6.0, 0.0]).view(1, 2, 1, 1).expand(1, 2, 64, 96)
+  visible = torch.zeros(1, 1, 64, 96, dtype=torch.bool)
+  visible[..., 16:-16, 16:-24] = True          # away from the borders the blur replicates
+  sigmas = (2.0, 4.0)
+
+  def direction(loss_of_flow):   # mean sign of -d loss / d u over the visible pixels (+1: all towards +6)
+    flow = torch.zeros(1, 2, 64, 96, requires_grad=True)
+    loss_of_flow(flow).backward()
+    gu = flow.grad[:, 0][visible[:, 0]]
+    return (-gu.mean() / gu.abs().mean()).item()
+
+  blur_dir = direction(lambda f: blurred_photometric_loss(img1, img2, f, visible, sigmas))
+  sharp_dir = direction(lambda f: photometric_loss(img1, warp(img2, f), visible))
+  assert blur_dir > 0.5 and abs(sharp_dir) < 0.3, (blur_dir, sharp_dir)
+  at_shift = blurred_photometric_loss(img1, img2, shift, visible, sigmas).item()
+  at_zero = blurred_photometric_loss(img1, img2, 0 * shift, visible, sigmas).item()
+  assert at_shift < 0.05 * at_zero, (at_shift, at_zero)
+
+
+def test_out_of_frame_guard_is_zero_within_the_margin_and_pulls_escaping_flow_back():
+  h, w = 10, 20
+  inside = torch.zeros(1, 2, h, w)
+  inside[:, 1] = 3.0                     # everything moves 3 px down: at most 3 px outside, margin 4
+  assert out_of_frame_excess(inside, 4.0).item() == 0
+  away = torch.zeros(1, 2, h, w)
+  away[:, 0] = 100.0                     # x + 100 against the right edge w - 0.5 + 4
+  expected = torch.relu(torch.arange(w) + 100.0 - (w - 0.5 + 4)).mean()
+  torch.testing.assert_close(out_of_frame_excess(away, 4.0), expected)
+  # in the training loss the guard is what a collapsed flow (everything out of the frame, photometric 0) pays
+  img = _smooth_image(64, 64)
+  flows = [torch.cat([away.new_full((1, 2, 64, 64), 100.0), away.new_full((1, 2, 64, 64), -100.0)])]
+  cfg = LossConfig(scale_weights=(1.0,))
+  terms = unsupervised_loss(flows, img, img, config=cfg, occlusion_aware=False)
+  assert terms.photometric == 0 and terms.total.item() > 50
+  assert unsupervised_loss(flows, img, img, config=dataclasses.replace(cfg, w_out=0.0),
+                           occlusion_aware=False).total.item() < 1e-3
 
 
 @settings(max_examples=8, deadline=None)
@@ -303,6 +360,15 @@ def test_flow_train_resumes_exactly_and_writes_what_flowteacher_loads(segment, t
   assert result["pairs"] == 1 and result["frame"] == "medmodelx0.25 128x64" and result["valid_pixels"] > 4000
   assert np.isfinite(result["epe"]) and result["zero_epe"] > 0.5 and 0 <= result["fl_all"] <= 1
   assert result["ego_gt_flow"]["trans_m"] < 1e-3 and set(result["ego_flow"]) == {"trans_m", "trans_rel_pct", "rot_deg"}
+  assert result["ego_cv_mean"]["trans_m"] < 1e-9 and result["ego_failed"] == 0   # one pair: the mean is its motion
+
+  class Collapsed(FlowNet):   # every pixel sent out of the frame and occluded: no static pixel left for ego-motion
+    def predict(self, img1, img2):
+      return torch.full((1, 2, 64, 128), 500.0), torch.ones(1, 1, 64, 128, dtype=torch.bool)
+
+  collapsed = evaluate(Collapsed(TINY), data)
+  assert collapsed["ego_failed"] == 1 and collapsed["epe"] > 400
+  assert collapsed["ego_flow"]["trans_rel_pct"] == pytest.approx(100.0, abs=0.01)   # scored as no motion
   with pytest.raises(ValueError, match="other settings"):
     train_flow(TrainConfig((str(segment),), lr=1e-3, net=TINY), tmp_path / "b", steps=6, progress=False, data=data)
 

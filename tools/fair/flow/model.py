@@ -39,6 +39,7 @@ class FlowNetConfig:
   estimator: tuple[int, ...] = (96, 64, 32)          # shared flow estimator conv widths
   context: tuple[int, ...] = (64, 64, 64, 48, 32)    # context network widths ...
   dilations: tuple[int, ...] = (1, 2, 4, 8, 1)       # ... and their dilations
+  coords: bool = False                               # give the estimator the pixel position (x, y in [-1, 1])
 
   def __post_init__(self):
     if not 1 <= self.output_level <= len(self.channels):
@@ -131,7 +132,7 @@ class FlowNet(nn.Module):
                                  for i in range(len(c.channels)))
     decoded = range(c.output_level, len(c.channels) + 1)
     self.reduce = nn.ModuleDict({str(lv): nn.Conv2d(c.channels[lv - 1], c.reduce, 1) for lv in decoded})
-    w_in = (2 * c.radius + 1) ** 2 + c.reduce + 2
+    w_in = (2 * c.radius + 1) ** 2 + c.reduce + 2 + 2 * c.coords
     est = (w_in,) + tuple(c.estimator)
     self.estimator = nn.Sequential(*(_conv(est[i], est[i + 1]) for i in range(len(c.estimator))))
     self.predict_flow = nn.Conv2d(est[-1], 2, 3, padding=1)
@@ -167,7 +168,13 @@ class FlowNet(nn.Module):
         flow = upsample_flow(flow, x1.shape[-2:])
         x2 = warp(x2, flow)
       corr = F.leaky_relu(correlation(*normalize_features(x1, x2), c.radius), _SLOPE)
-      x = self.estimator(torch.cat([corr, self.reduce[str(lv)](x1), flow], 1))
+      parts = [corr, self.reduce[str(lv)](x1), flow]
+      if c.coords:
+        h, w = x1.shape[-2:]
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, h, device=x1.device, dtype=x1.dtype),
+                                torch.linspace(-1, 1, w, device=x1.device, dtype=x1.dtype), indexing="ij")
+        parts.append(torch.stack([xx, yy]).expand(x1.shape[0], 2, h, w))
+      x = self.estimator(torch.cat(parts, 1))
       flow = flow + self.predict_flow(x)
       flow = flow + self.context(torch.cat([x, flow], 1))
       flows.append(flow)

@@ -47,10 +47,10 @@ class TrainConfig:
   segments: tuple[str, ...]
   scale: float = 0.25
   masks: str = "none"
-  net: FlowNetConfig = field(default_factory=lambda: FlowNetConfig(output_level=2))
+  net: FlowNetConfig = field(default_factory=lambda: FlowNetConfig(output_level=2, coords=True))
   loss: LossConfig = field(default_factory=LossConfig)
   batch: int = 4
-  lr: float = 4e-4
+  lr: float = 1e-3
   weight_decay: float = 1e-4
   warmup: int = 50          # linear learning-rate warm-up steps
   occ_from: int = 150       # steps before the forward-backward occlusion check is used
@@ -338,8 +338,8 @@ def train_flow(config: TrainConfig, out, steps: int | None = None, minutes: floa
 def evaluate(net: FlowNet, data: PairData, device: str | torch.device = "cpu") -> dict:
   """Held-out pairs of simulated segments (data.truth): flow EPE / Fl on the generator's visible pixels
   (pixel-weighted over all pairs) of the prediction and of zero flow, and ego-motion errors from predicted flow +
-  GT depth on static visible pixels vs constant-velocity baselines (the previous pair's true motion; straight
-  ahead at the logged speed) and vs exact flow + GT depth. Frames in data.camera pixels; the network runs on
+  GT depth on static visible pixels vs constant-velocity baselines (the held-out pairs' mean motion; straight
+  ahead at the logged speed; the previous pair's true motion) and vs exact flow + GT depth. Frames in data.camera pixels; the network runs on
   `device`."""
   from tools.fair.bench.metrics.egomotion import relative_pose_errors
   from tools.fair.flow.motion import ego_motion
@@ -347,7 +347,7 @@ def evaluate(net: FlowNet, data: PairData, device: str | torch.device = "cpu") -
   if truth is None or not len(truth.pairs):
     return {"pairs": 0}
   net = net.to(device).eval()
-  sums = {"epe": 0.0, "fl": 0.0, "zero_epe": 0.0, "zero_fl": 0.0, "n": 0}
+  sums = {"epe": 0.0, "fl": 0.0, "zero_epe": 0.0, "zero_fl": 0.0, "n": 0, "ego_failed": 0}
   ego = {"flow": [], "gt_flow": []}
   for k, (s, t) in enumerate(truth.pairs.tolist()):
     img1, img2 = (torch.from_numpy(data.frames[s][i][None]).permute(0, 3, 1, 2).float().div(255).to(device)
@@ -364,19 +364,28 @@ def evaluate(net: FlowNet, data: PairData, device: str | torch.device = "cpu") -
     sums["zero_fl"] += int(((zero > 3) & (zero > 0.05 * mag)).sum())
     sums["n"] += int(v.sum())
     static = truth.still[k] & ~occ[0, 0].cpu().numpy()
-    ego["flow"].append(_pose(ego_motion(pred, depth, cam, static=static, dt=dt)))
+    try:
+      ego["flow"].append(_pose(ego_motion(pred, depth, cam, static=static, dt=dt)))
+    except ValueError:    # too few consistent static pixels: counted, and scored as "no motion"
+      sums["ego_failed"] += 1
+      ego["flow"].append((np.eye(3), np.zeros(3)))
     ego["gt_flow"].append(_pose(ego_motion(gt_flow, depth, cam, static=v & truth.still[k], dt=dt)))
   n = max(sums["n"], 1)
   out = {"pairs": len(truth.pairs), "frame": f"{cam.name} {cam.width}x{cam.height}", "valid_pixels": sums["n"],
          "epe": sums["epe"] / n, "fl_all": sums["fl"] / n, "zero_epe": sums["zero_epe"] / n,
-         "zero_fl_all": sums["zero_fl"] / n}
+         "zero_fl_all": sums["zero_fl"] / n, "ego_failed": sums["ego_failed"]}
+  from scipy.spatial.transform import Rotation
   p = len(truth.pairs)
   straight = np.zeros((p, 3))
   straight[:, 0] = truth.step_m
+  # the constant-velocity baselines: one motion for every pair (the held-out pairs' own mean: the best constant,
+  # it sees no input), the logged speed straight ahead, the previous pair's true motion
+  mean_rot = Rotation.from_matrix(truth.rotation).mean().as_matrix()
   poses = {k: tuple(np.stack(x) for x in zip(*v)) for k, v in ego.items()} | {
-    "cv_prev": (truth.prev_rotation, truth.prev_translation),
-    "cv_speed": (np.broadcast_to(np.eye(3), (p, 3, 3)), straight)}
-  for k in ("flow", "gt_flow", "cv_prev", "cv_speed"):
+    "cv_mean": (np.broadcast_to(mean_rot, (p, 3, 3)), np.broadcast_to(truth.translation.mean(0), (p, 3))),
+    "cv_speed": (np.broadcast_to(np.eye(3), (p, 3, 3)), straight),
+    "cv_prev": (truth.prev_rotation, truth.prev_translation)}
+  for k in ("flow", "gt_flow", "cv_mean", "cv_speed", "cv_prev"):
     e = relative_pose_errors(poses[k], (truth.rotation, truth.translation))
     out[f"ego_{k}"] = {"trans_m": float(e.trans_m), "trans_rel_pct": float(e.trans_rel_pct),
                        "rot_deg": float(e.rot_deg)}
@@ -409,13 +418,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--masks", default=None, help="none (default) | gt (simulated segments: ground truth as the SAM "
                  "stand-in) | store:PATH (SAM 2 VideoMasks of a label store)")
   p.add_argument("--batch", type=int, default=4)
-  p.add_argument("--lr", type=float, default=4e-4)
+  p.add_argument("--lr", type=float, default=TrainConfig.lr)
   p.add_argument("--w-smooth", type=float, default=LossConfig.w_smooth, help="smoothness weight")
   p.add_argument("--edge-alpha", type=float, default=LossConfig.edge_alpha, help="edge-awareness exp(-alpha |dI|)")
+  p.add_argument("--w-blur", type=float, default=LossConfig.w_blur, help="weight of the blurred photometric terms")
+  p.add_argument("--blur-sigmas", type=lambda v: tuple(float(x) for x in v.split(",") if x), default=LossConfig.blur_sigmas,
+                 help="comma-separated Gaussian sigmas (pixels) of the blurred photometric terms ('' = none)")
   p.add_argument("--w-homography", type=float, default=LossConfig.w_homography, help="UnSAMFlow homography weight")
   p.add_argument("--width", type=float, default=1.0, help="multiplier of all network widths")
   p.add_argument("--levels", type=int, default=5, help="pyramid levels (input sides pad to multiples of 2^levels)")
   p.add_argument("--output-level", type=int, default=2, help="finest decoded level (1 = half resolution)")
+  p.add_argument("--coords", action=argparse.BooleanOptionalAction, default=True,
+                 help="give the flow estimator the pixel position (a driving camera's flow field depends on it)")
   p.add_argument("--holdout", type=float, default=None, help="held-out fraction of each segment's pairs (the end; "
                  "default 0.2)")
   p.add_argument("--occ-from", type=int, default=150, help="step from which the occlusion check masks the loss")
@@ -445,7 +459,7 @@ def _data(args: argparse.Namespace) -> PairData:
   return data
 
 
-def _net_config(width: float, levels: int, output_level: int) -> FlowNetConfig:
+def _net_config(width: float, levels: int, output_level: int, coords: bool = True) -> FlowNetConfig:
   base = FlowNetConfig()
   if not 2 <= levels <= 7:
     raise ValueError(f"--levels must be in 2..7, got {levels}")
@@ -455,7 +469,7 @@ def _net_config(width: float, levels: int, output_level: int) -> FlowNetConfig:
     return tuple(max(4, int(round(c * width))) for c in x)
 
   return replace(base, channels=w(widths), output_level=output_level, reduce=w((base.reduce,))[0],
-                 estimator=w(base.estimator), context=w(base.context))
+                 estimator=w(base.estimator), context=w(base.context), coords=coords)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -469,9 +483,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None:
       return 0
   minutes = args.minutes if args.minutes is not None or args.steps is not None else 10.0
-  loss = LossConfig(w_smooth=args.w_smooth, edge_alpha=args.edge_alpha, w_homography=args.w_homography)
+  loss = LossConfig(w_smooth=args.w_smooth, edge_alpha=args.edge_alpha, w_homography=args.w_homography,
+                    w_blur=args.w_blur, blur_sigmas=args.blur_sigmas)
   config = TrainConfig(tuple(str(p) for p in data.paths), data.scale, data.masks,
-                       _net_config(args.width, args.levels, args.output_level), loss, args.batch, args.lr,
+                       _net_config(args.width, args.levels, args.output_level, args.coords), loss, args.batch, args.lr,
                        occ_from=args.occ_from, holdout=data.holdout, seed=args.seed)
   net, step = train_flow(config, args.out, args.steps, minutes, args.save_every, data=data, device=args.device)
   print(f"trained to step {step}: {sum(p.numel() for p in net.parameters())} parameters -> {args.out / 'flow'}")
