@@ -170,6 +170,25 @@ def test_out_of_frame_guard_is_zero_within_the_margin_and_pulls_escaping_flow_ba
                            occlusion_aware=False).total.item() < 1e-3
 
 
+def test_a_flow_inconsistent_everywhere_is_scored_on_all_in_frame_pixels():
+  """The other collapse: forward and backward flows that never cancel mark every pixel occluded, which would make
+  the photometric loss 0; above max_occluded the sample is scored on its in-frame pixels instead."""
+  img1, img2 = _smooth_image(64, 64, seed=1), _smooth_image(64, 64, seed=2)
+  fw = torch.full((1, 2, 64, 64), 3.0)
+  flows = [torch.cat([fw, fw])]          # backward = forward: |fw + bw| = 8.5 px everywhere, all "occluded"
+  assert fb_occlusion(fw, fw).all()
+  cfg = LossConfig(scale_weights=(1.0,), blur_sigmas=())
+  guarded = unsupervised_loss(flows, img1, img2, config=cfg)
+  assert guarded.photometric > 0.05 and guarded.occluded < 0.2   # only the pixels leaving the frame
+  unguarded = unsupervised_loss(flows, img1, img2, config=dataclasses.replace(cfg, max_occluded=1.0))
+  assert unguarded.photometric == 0 and unguarded.occluded == 1.0
+  # a partly occluded flow keeps its forward-backward mask
+  bw = -fw.clone()
+  bw[..., :16, :] = 3.0                 # the top quarter inconsistent
+  part = unsupervised_loss([torch.cat([fw, bw])], img1, img2, config=cfg)
+  assert 0.2 < part.occluded < 0.5
+
+
 @settings(max_examples=8, deadline=None)
 @given(st.integers(0, 2 ** 31 - 1))
 def test_ssim_of_identical_images_is_one(seed):
