@@ -1,7 +1,8 @@
 #!/bin/bash
 # Device run: train the flow network from a saved pair file (`fair flow-train ... --save-pairs FILE`) on the GPU,
 # several settings side by side, each evaluated on the held-out pairs. Arguments: one "NAME:FLAGS" per run, e.g.
-#   MIN=3 OUT=$OUT bash bench/flow_gpu.sh "a:--lr 1e-3" "b:--lr 1e-3 --w-smooth 0.5"
+#   MIN=3 OUT=$OUT bash bench/flow_gpu.sh "a:--blur-sigmas 2,4" "b:--blur-sigmas 2,4 --w-smooth 0.05"
+# (blur sigmas are pixels of the training frame: the 128x64 default 1,2 is 2,4 for the 256x128 default PAIRS)
 # Results under $OUT/run_NAME/ (flow/, eval.json) and $OUT/log_NAME.txt; env.txt records the machine.
 set -u
 cd "$(dirname "$0")/.."

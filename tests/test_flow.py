@@ -19,7 +19,7 @@ from tools.fair.flow.losses import (LossConfig, apply_homography, fit_homography
                                     blurred_photometric_loss, gaussian_blur, out_of_frame_excess, photometric_loss,
                                     smoothness_loss, ssim, unsupervised_loss)
 from tools.fair.flow.model import (FlowNet, FlowNetConfig, correlation, fb_occlusion, normalize_features,  # noqa: E402
-                                   warp)
+                                   photometric_residual, warp)
 from tools.fair.flow.motion import ego_motion, object_velocities, scene_relative_pose  # noqa: E402
 from tools.fair.flow.train import (TrainConfig, add_arguments, evaluate, gt_segments, load_pairs,  # noqa: E402
                                    load_pairs_npz, run, save_pairs, train_flow)
@@ -149,6 +149,38 @@ def test_blurred_photometric_loss_sees_a_shift_that_the_sharp_loss_cannot():
   at_shift = blurred_photometric_loss(img1, img2, shift, visible, sigmas).item()
   at_zero = blurred_photometric_loss(img1, img2, 0 * shift, visible, sigmas).item()
   assert at_shift < 0.05 * at_zero, (at_shift, at_zero)
+
+
+@pytest.mark.parametrize("seed,scenario", [(5, "highway"), (6, "city")])
+def test_wide_blur_prefers_a_short_flow_and_the_default_sigmas_do_not(seed, scenario):
+  """Why LossConfig.blur_sigmas stops at 2: over flow = a * exact flow of a generated 128x64 pair the sharp
+  photometric loss is lowest near a = 1, and so are the default blurred terms; a sigma-8 blur (of a 64-pixel-high
+  frame, mixing near road with the horizon) is lowest at a much shorter flow and would pull the network short."""
+  scene = make_scene(seed, 0.2, "mici", dataclasses.replace(SCENARIOS[scenario], noise=0.0))
+  cam, rpy = gt_camera(scene, "model", (128, 64))
+  g0, g1 = scene_gt(scene, 1, cam, rpy, "model"), scene_gt(scene, 2, cam, rpy, "model")
+  img1, img2 = (torch.from_numpy(g.rgb).permute(2, 0, 1)[None].float() / 255 for g in (g0, g1))
+  exact = torch.from_numpy(g0.flow).permute(2, 0, 1)[None].float()
+  visible = torch.from_numpy(g0.flow_valid)[None, None]
+  scales = np.linspace(0, 1.3, 27)
+
+  def best(loss_of_flow):
+    return scales[np.argmin([loss_of_flow(a * exact).item() for a in scales])]
+
+  assert 0.85 <= best(lambda f: photometric_loss(img1, warp(img2, f), visible)) <= 1.05
+  assert 0.8 <= best(lambda f: blurred_photometric_loss(img1, img2, f, visible, LossConfig.blur_sigmas)) <= 1.05
+  assert best(lambda f: blurred_photometric_loss(img1, img2, f, visible, (8.0,))) <= 0.7
+
+
+def test_photometric_residual_is_small_for_the_right_flow_and_large_where_it_leaves_the_frame():
+  big = _smooth_image(32, 56, seed=4)
+  img1, img2 = big[..., 4:52], big[..., :48]       # img1 at p is img2 at p + (4, 0)
+  right = torch.tensor([4.0, 0.0]).view(1, 2, 1, 1).expand(1, 2, 32, 48)
+  res = photometric_residual(img1, img2, right)
+  assert res.shape == (1, 32, 48)
+  assert res[..., :44].max() < 1e-5                 # where p + flow stays in the frame
+  torch.testing.assert_close(res[..., 45:], img1.mean(1)[..., 45:])   # outside: compared with zeros
+  assert photometric_residual(img1, img2, 0 * right)[..., :44].mean() > 20 * res[..., :44].mean() + 0.01
 
 
 def test_out_of_frame_guard_is_zero_within_the_margin_and_pulls_escaping_flow_back():
@@ -385,6 +417,15 @@ def test_flow_train_resumes_exactly_and_writes_what_flowteacher_loads(segment, t
     def predict(self, img1, img2):
       return torch.full((1, 2, 64, 128), 500.0), torch.ones(1, 1, 64, 128, dtype=torch.bool)
 
+  class Exact(FlowNet):   # the generator's flow, occluded where it is not visible in both frames (its flow is 0)
+    def predict(self, img1, img2):
+      occluded = torch.from_numpy(~data.truth.valid[0])[None, None]
+      return torch.from_numpy(data.truth.flow[0]).permute(2, 0, 1)[None], occluded
+
+  for max_residual in (0.02, None):
+    exact = evaluate(Exact(TINY), data, max_residual=max_residual)
+    assert exact["epe"] < 1e-6 and exact["ego_max_residual"] == max_residual
+    assert exact["ego_flow"]["trans_m"] < 0.01 and exact["ego_failed"] == 0
   collapsed = evaluate(Collapsed(TINY), data)
   assert collapsed["ego_failed"] == 1 and collapsed["epe"] > 400
   assert collapsed["ego_flow"]["trans_rel_pct"] == pytest.approx(100.0, abs=0.01)   # scored as no motion

@@ -76,6 +76,12 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
   return F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
+def photometric_residual(img1: torch.Tensor, img2: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+  """(B, H, W) channel-mean |img1 - img2 warped back by flow|: how well the flow explains each pixel (0 outside
+  the image is compared with img1, so pixels that leave the frame get a large residual)."""
+  return (img1 - warp(img2, flow)).abs().mean(1)
+
+
 def leaves_image(flow: torch.Tensor) -> torch.Tensor:
   """(B, 1, H, W) bool: p + flow(p) falls outside the image (such pixels have no match in the second frame)."""
   _, _, h, w = flow.shape

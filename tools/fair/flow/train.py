@@ -33,12 +33,17 @@ from tqdm import tqdm
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from selfdrive.modeld_fair.classes import IGNORE_ID
 from tools.fair.flow.losses import LossConfig, unsupervised_loss
-from tools.fair.flow.model import FlowNet, FlowNetConfig
+from tools.fair.flow.model import FlowNet, FlowNetConfig, photometric_residual
 
 # Decoding (tools.fair.routes: PyAV, pycapnp), rendering the ground truth (tools.fair.sim), cv2 and scipy (motion)
 # are imported where used: training from a saved pair file (--pairs) needs only torch and numpy.
 
 MASK_TEACHER = "sam2"   # the label-store teacher whose VideoMasks feed --masks store:PATH
+# ego-motion trusts only pixels whose predicted flow explains the next frame (channel-mean |I1 - warp(I2)| in
+# [0, 1] units, about 5 grey levels): where photometry cannot see the motion (weakly textured road) the network's
+# flow is smoothness fill-in and falls short. Translation error 4-7 points lower than with every visible static
+# pixel on every set of trained weights tried (docs/benchmarks/flow.md)
+EGO_MAX_RESIDUAL = 0.02
 
 
 @dataclass(frozen=True)
@@ -335,12 +340,14 @@ def train_flow(config: TrainConfig, out, steps: int | None = None, minutes: floa
   return net, step
 
 
-def evaluate(net: FlowNet, data: PairData, device: str | torch.device = "cpu") -> dict:
+def evaluate(net: FlowNet, data: PairData, device: str | torch.device = "cpu",
+             max_residual: float | None = EGO_MAX_RESIDUAL) -> dict:
   """Held-out pairs of simulated segments (data.truth): flow EPE / Fl on the generator's visible pixels
   (pixel-weighted over all pairs) of the prediction and of zero flow, and ego-motion errors from predicted flow +
-  GT depth on static visible pixels vs constant-velocity baselines (the held-out pairs' mean motion; straight
-  ahead at the logged speed; the previous pair's true motion) and vs exact flow + GT depth. Frames in data.camera pixels; the network runs on
-  `device`."""
+  GT depth vs constant-velocity baselines (the held-out pairs' mean motion; straight ahead at the logged speed;
+  the previous pair's true motion) and vs exact flow + GT depth. Ego-motion uses the static pixels (no actor)
+  that the forward-backward check finds visible and whose photometric residual under the predicted flow is below
+  `max_residual` (None: no such filter). Frames in data.camera pixels; the network runs on `device`."""
   from tools.fair.bench.metrics.egomotion import relative_pose_errors
   from tools.fair.flow.motion import ego_motion
   cam, truth, device = data.camera, data.truth, _device(device)
@@ -354,6 +361,9 @@ def evaluate(net: FlowNet, data: PairData, device: str | torch.device = "cpu") -
                   for i in (t, t + 1))
     flow, occ = net.predict(img1, img2)
     pred = flow[0].permute(1, 2, 0).cpu().numpy()
+    confirmed = ~occ[0, 0]
+    if max_residual is not None:
+      confirmed &= photometric_residual(img1, img2, flow)[0] < max_residual
     gt_flow, v, depth, dt = truth.flow[k], truth.valid[k], truth.depth[k], float(truth.dt[k])
     epe = np.linalg.norm(pred - gt_flow, axis=-1)[v]
     mag = np.linalg.norm(gt_flow, axis=-1)[v]
@@ -363,7 +373,7 @@ def evaluate(net: FlowNet, data: PairData, device: str | torch.device = "cpu") -
     sums["zero_epe"] += float(zero.sum(dtype=np.float64))
     sums["zero_fl"] += int(((zero > 3) & (zero > 0.05 * mag)).sum())
     sums["n"] += int(v.sum())
-    static = truth.still[k] & ~occ[0, 0].cpu().numpy()
+    static = truth.still[k] & confirmed.cpu().numpy()
     try:
       ego["flow"].append(_pose(ego_motion(pred, depth, cam, static=static, dt=dt)))
     except ValueError:    # too few consistent static pixels: counted, and scored as "no motion"
@@ -373,7 +383,7 @@ def evaluate(net: FlowNet, data: PairData, device: str | torch.device = "cpu") -
   n = max(sums["n"], 1)
   out = {"pairs": len(truth.pairs), "frame": f"{cam.name} {cam.width}x{cam.height}", "valid_pixels": sums["n"],
          "epe": sums["epe"] / n, "fl_all": sums["fl"] / n, "zero_epe": sums["zero_epe"] / n,
-         "zero_fl_all": sums["zero_fl"] / n, "ego_failed": sums["ego_failed"]}
+         "zero_fl_all": sums["zero_fl"] / n, "ego_failed": sums["ego_failed"], "ego_max_residual": max_residual}
   from scipy.spatial.transform import Rotation
   p = len(truth.pairs)
   straight = np.zeros((p, 3))
@@ -432,7 +442,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  help="give the flow estimator the pixel position (a driving camera's flow field depends on it)")
   p.add_argument("--holdout", type=float, default=None, help="held-out fraction of each segment's pairs (the end; "
                  "default 0.2)")
-  p.add_argument("--occ-from", type=int, default=150, help="step from which the occlusion check masks the loss")
+  p.add_argument("--occ-from", type=int, default=TrainConfig.occ_from,
+                 help="step from which the occlusion check masks the loss")
   p.add_argument("--save-every", type=int, default=50, help="checkpoint interval (steps)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
