@@ -47,8 +47,8 @@ def make_pairs(path: Path) -> Path:
 def scan(data, config: LossConfig = LossConfig()) -> dict[str, np.ndarray]:
   """Mean of each term over the held-out pairs at every a of SCALES (forward direction only)."""
   truth = data.truth
-  blurs = {f"blurred, sigma {s:g}": (s,) for s in SIGMAS}
-  sums = {k: np.zeros(len(SCALES)) for k in ("sharp", "blurred", "smoothness", *blurs)}
+  blurs = {f"blurred, sigma {s:g}": (s,) for s in sorted(set(SIGMAS) | set(config.blur_sigmas))}
+  sums = {k: np.zeros(len(SCALES)) for k in ("sharp", "smoothness", *blurs)}
   for k, (s, t) in enumerate(tqdm(truth.pairs.tolist(), desc="scan", unit="pair")):
     img1, img2 = (torch.from_numpy(data.frames[s][i][None]).permute(0, 3, 1, 2).float() / 255 for i in (t, t + 1))
     exact = torch.from_numpy(truth.flow[k]).permute(2, 0, 1)[None].float()
@@ -56,11 +56,13 @@ def scan(data, config: LossConfig = LossConfig()) -> dict[str, np.ndarray]:
     for j, a in enumerate(SCALES):
       flow = float(a) * exact
       sums["sharp"][j] += photometric_loss(img1, warp(img2, flow), visible, config.w_l1, config.w_ssim).item()
-      sums["blurred"][j] += blurred_photometric_loss(img1, img2, flow, visible, config.blur_sigmas).item()
       sums["smoothness"][j] += config.w_smooth * smoothness_loss(flow, img1, config.edge_alpha).item()
       for name, sigma in blurs.items():
         sums[name][j] += blurred_photometric_loss(img1, img2, flow, visible, sigma).item()
-  out = {k: v / len(truth.pairs) for k, v in sums.items()}
+  mean = {k: v / len(truth.pairs) for k, v in sums.items()}
+  # blurred_photometric_loss sums its sigmas' terms: the default set is the sum of the single-sigma scans
+  out = {"sharp": mean.pop("sharp"), "blurred": sum(mean[f"blurred, sigma {s:g}"] for s in config.blur_sigmas)}
+  out |= mean
   out["sharp + smoothness"] = out["sharp"] + out["smoothness"]
   out["sharp + blurred + smoothness"] = out["sharp + smoothness"] + config.w_blur * out["blurred"]
   return out

@@ -70,13 +70,20 @@ def test_photometric_loss_is_zero_for_the_exact_flow_and_larger_for_a_wrong_one(
   assert exact.item() < 1e-6 and wrong.item() > 0.01
 
 
-def test_photometric_loss_prefers_the_generators_flow_on_a_rendered_pair():
-  scene = make_scene(5, 0.2, "mici", dataclasses.replace(SCENARIOS["highway"], noise=0.0))
-  cam, rpy = gt_camera(scene, "model", (128, 64))
+def _rendered_pair(seed: int, scenario: str, size: tuple[int, int]):
+  """Frames 1 and 2 of a noise-free generated scene in the model frame: images (1, 3, H, W) in [0, 1], the exact
+  flow (1, 2, H, W) and its visibility (1, 1, H, W)."""
+  scene = make_scene(seed, 0.2, "mici", dataclasses.replace(SCENARIOS[scenario], noise=0.0))
+  cam, rpy = gt_camera(scene, "model", size)
   g0, g1 = scene_gt(scene, 1, cam, rpy, "model"), scene_gt(scene, 2, cam, rpy, "model")
   img1, img2 = (torch.from_numpy(g.rgb).permute(2, 0, 1)[None].float() / 255 for g in (g0, g1))
-  flow = torch.from_numpy(g0.flow).permute(2, 0, 1)[None]
-  moving = torch.from_numpy(g0.flow_valid)[None, None] & (flow.norm(dim=1, keepdim=True) > 1)
+  flow = torch.from_numpy(g0.flow).permute(2, 0, 1)[None].float()
+  return img1, img2, flow, torch.from_numpy(g0.flow_valid)[None, None]
+
+
+def test_photometric_loss_prefers_the_generators_flow_on_a_rendered_pair():
+  img1, img2, flow, visible = _rendered_pair(5, "highway", (128, 64))
+  moving = visible & (flow.norm(dim=1, keepdim=True) > 1)
   assert moving.float().mean() > 0.2
   exact, zero, reversed_ = (photometric_loss(img1, warp(img2, f), moving).item() for f in (flow, 0 * flow, -flow))
   # the renderer's texture aliasing leaves a residual even for the exact flow; the order is what matters
@@ -94,11 +101,7 @@ def test_default_training_loss_ranks_the_generators_flow_below_zero_flow():
   """The root cause of a network that predicted almost no motion: with ARFlow's smoothness weight 2.5 and the
   8x4 / 16x8 levels supervised, the full training loss of a generated 256x128 driving pair was lower for zero flow
   than for the generator's exact flow. The defaults must rank the exact flow first."""
-  scene = make_scene(5, 0.2, "mici", dataclasses.replace(SCENARIOS["highway"], noise=0.0))
-  cam, rpy = gt_camera(scene, "model", (256, 128))
-  g0, g1 = scene_gt(scene, 1, cam, rpy, "model"), scene_gt(scene, 2, cam, rpy, "model")
-  img1, img2 = (torch.from_numpy(g.rgb).permute(2, 0, 1)[None].float() / 255 for g in (g0, g1))
-  exact = torch.from_numpy(g0.flow).permute(2, 0, 1)[None]
+  img1, img2, exact, _ = _rendered_pair(5, "highway", (256, 128))
   assert exact.norm(dim=1).mean() > 2
   sizes = [(16, 32), (8, 16), (4, 8)]    # the default net's decoded levels 3..5 at 256x128
   shapes = [tuple(f.shape) for f in FlowNet(FlowNetConfig(output_level=2))(img1, img2, backward=True)]
@@ -156,12 +159,7 @@ def test_wide_blur_prefers_a_short_flow_and_the_default_sigmas_do_not(seed, scen
   """Why LossConfig.blur_sigmas stops at 2: over flow = a * exact flow of a generated 128x64 pair the sharp
   photometric loss is lowest near a = 1, and so are the default blurred terms; a sigma-8 blur (of a 64-pixel-high
   frame, mixing near road with the horizon) is lowest at a much shorter flow and would pull the network short."""
-  scene = make_scene(seed, 0.2, "mici", dataclasses.replace(SCENARIOS[scenario], noise=0.0))
-  cam, rpy = gt_camera(scene, "model", (128, 64))
-  g0, g1 = scene_gt(scene, 1, cam, rpy, "model"), scene_gt(scene, 2, cam, rpy, "model")
-  img1, img2 = (torch.from_numpy(g.rgb).permute(2, 0, 1)[None].float() / 255 for g in (g0, g1))
-  exact = torch.from_numpy(g0.flow).permute(2, 0, 1)[None].float()
-  visible = torch.from_numpy(g0.flow_valid)[None, None]
+  img1, img2, exact, visible = _rendered_pair(seed, scenario, (128, 64))
   scales = np.linspace(0, 1.3, 27)
 
   def best(loss_of_flow):
