@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from selfdrive.modeld_fair.classes import CLASS_ID, IGNORE_ID
 from selfdrive.modeld_fair.medmodel_warp import warp_model_input, warp_rgb, warp_tables
 from selfdrive.modeld_fair.outputs import decode_objects
 from tools.fair.data import stats as stats_cli
-from tools.fair.data.augment import AugmentConfig
+from tools.fair.data.augment import Augment, AugmentConfig
 from tools.fair.data.cache import FrameCache, build_frame_cache
 from tools.fair.data.dataset import StudentDataset, build, split_indices
 from tools.fair.data.mining import HardExampleSampler
@@ -247,6 +248,49 @@ def test_pseudo_labels_only_no_ground_truth_leak(cache, tmp_path, monkeypatch):
     assert item["obj_mask"].sum() == 1 and item["obj_depth"].max() == 11
   with pytest.raises(ValueError, match="use_gt=False needs teachers"):
     StudentDataset(cache, use_gt=False)
+
+
+def test_build_recipe_section_augments_the_training_cache(cache):
+  from tools.fair.distill.recipe import DataSection
+  section = DataSection(train=(str(cache.root),), val=(str(cache.root),), options={"augment": "photometric"})
+  tr, va = build(section, "train"), build(section, "val")
+  assert isinstance(tr.augment, Augment) and tr.augment.config == AugmentConfig.named("photometric")
+  assert va.augment is None and len(tr) == len(va) == len(cache)
+  # the draw reaches the items: two epochs of one training item differ, the validation item does not
+  a = tr[0]["img"].clone()
+  tr.set_epoch(1)
+  assert not torch.equal(a, tr[0]["img"])
+  assert torch.equal(va[0]["img"], build(section, "val")[0]["img"])
+
+
+def test_detector_boxes_get_a_distance(cache, tmp_path):
+  """A detector labels boxes without positions (NaN): the depth teacher's median in the box gives their distance,
+  and without a depth teacher the box's ground contact on the road at the segment's device height."""
+  cam = MEDMODEL.scaled(0.5)
+  store = LabelStore(tmp_path)
+  for seg in cache.segments:
+    recs = [r for r in cache.records if r.segment == seg]
+    ids = np.arange(recs[0].frame_index, recs[-1].frame_index + 1)
+    n = len(ids)
+    det = {"boxes": np.tile(np.float32([99.5, 80.5, 139.5, 100.5]), (n, 1, 1)), "scores": np.ones((n, 1), np.float32),
+           "class_ids": np.zeros((n, 1), np.int16), "count": np.ones(n, np.int32),
+           "positions": np.full((n, 1, 3), np.nan, np.float32)}
+    depth = np.full((n, 128, 256), 30, np.float16)
+    depth[:, 81:101, 100:140] = 9
+    path = str(Path(MICI if "mici" in seg else TICI).resolve())
+    for teacher, arrays, meta in (("fake-detr", det, {"classes": ["car"]}), ("fake-depth", {"depth": depth}, {})):
+      store.write(ShardInfo(teacher, "fake:Teacher", "0" * 64, "none", None, "test", seg, path, True), ids,
+                  Labels(arrays, meta, cam))
+  with_depth = StudentDataset(cache, labels=store, teachers={"detection": "fake-detr", "depth": "fake-depth"},
+                              use_gt=False)
+  ground = StudentDataset(cache, labels=store, teachers={"detection": "fake-detr"}, use_gt=False)
+  for i in range(len(cache)):
+    a, b = with_depth[i], ground[i]
+    assert a["obj_mask"].sum() == 1 and a["obj_depth"].max() == 9
+    height = load_segment_scene(Path(MICI if "mici" in cache.records[i].segment else TICI)).calib.height
+    bottom = (100.5 + 0.5) * 2 - 0.5   # the box's bottom edge in MEDMODEL pixels
+    assert b["obj_mask"].sum() == 1
+    np.testing.assert_allclose(b["obj_depth"].max(), height * MEDMODEL.focal / (bottom - MEDMODEL.cy), rtol=1e-5)
 
 
 def test_build_splits_by_segment(cache):

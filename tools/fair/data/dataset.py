@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from selfdrive.modeld_fair.camera import DEFAULT_CAMERA_HEIGHT, MEDMODEL
 from selfdrive.modeld_fair.model_io import OBJECT_CLASSES
 from tools.fair.data.augment import Augment, AugmentConfig
+from tools.fair.data.box_distance import depth_in_box, ground_contact_depth
 from tools.fair.data.cache import FrameCache
 from tools.fair.data.targets import boxes_from_masks, sample_targets
 
@@ -68,6 +70,7 @@ class StudentDataset(Dataset):
     self.epoch = 0
     self.indices = np.arange(len(self.cache)) if indices is None else np.asarray(indices, np.int64)
     self._loaded: OrderedDict = OrderedDict()
+    self._heights: dict[str, float] = {}
     if not self.use_gt and not self.teachers:
       raise ValueError("use_gt=False needs teachers: without ground truth the targets come from the label store")
 
@@ -142,20 +145,42 @@ class StudentDataset(Dataset):
       a = lab["lanes"][0]
       s.update(lanes=a["lanes"], lane_visible=a["lane_valid"], lane_exists=a["lane_exists"])
     if not have_gt:
-      s.update(self._pseudo_boxes(s, lab.get("detection")))
+      s.update(self._pseudo_boxes(s, lab.get("detection"), rec))
     return s
 
-  def _pseudo_boxes(self, s: dict, det) -> dict[str, np.ndarray]:
-    """Boxes from a detection teacher (depth: its road positions, else the depth teacher's median in the box),
-    else connected components of the seg teacher's object classes with the depth teacher's depth."""
+  def _box_depth(self, boxes: np.ndarray, stored: np.ndarray, depth: np.ndarray | None, rec) -> np.ndarray:
+    """Distances of detector boxes (MEDMODEL px): the detector's stored positions; where those are NaN (a
+    detector labels without depth) the depth teacher's median in the box; else the box's ground contact on
+    the flat road below the calibrated camera (the segment's device height)."""
+    d = np.asarray(stored, np.float32).copy()
+    if depth is not None and np.isnan(d).any():
+      k = depth.shape[1] / MEDMODEL.width
+      d = np.where(np.isnan(d), depth_in_box((boxes + 0.5) * k - 0.5, depth), d)
+    if np.isnan(d).any():
+      d = np.where(np.isnan(d), ground_contact_depth(boxes, MEDMODEL, self._height(rec.segment)), d)
+    return d
+
+  def _height(self, segment: str) -> float:
+    """The device height above the road of a segment labelled by the detection teacher (lanes.segment_height)."""
+    if segment not in self._heights:
+      from tools.fair.lanes.pipeline import segment_height
+      from tools.fair.routes import Segment
+      path = self.labels.shards(self.teachers["detection"], segment)[0].segment_path
+      known = bool(path) and Path(path).is_dir()   # a store moved off its segments: openpilot's default height
+      self._heights[segment] = segment_height(Segment(path)) if known else DEFAULT_CAMERA_HEIGHT
+    return self._heights[segment]
+
+  def _pseudo_boxes(self, s: dict, det, rec) -> dict[str, np.ndarray]:
+    """Boxes from a detection teacher (distances: _box_depth), else connected components of the seg
+    teacher's object classes with the depth teacher's depth."""
     if det is not None:
       a, camera, meta = det
       n = int(a["count"])
       k = camera.width / 512
       boxes = (a["boxes"][:n].astype(np.float64) + 0.5) / k - 0.5
       cls = _detection_class_map(meta.get("classes", []))[a["class_ids"][:n].astype(np.int64)]
-      depth = a["positions"][:n, 0].astype(np.float32)
-      return {"box_xyxy": boxes.astype(np.float32), "box_cls": cls, "box_depth": depth}
+      return {"box_xyxy": boxes.astype(np.float32), "box_cls": cls,
+              "box_depth": self._box_depth(boxes, a["positions"][:n, 0], s.get("depth"), rec)}
     if "semantic" in s and "depth" in s:
       b, c, d = boxes_from_masks(s["semantic"], s["depth"], s.get("instance"))
       return {"box_xyxy": b, "box_cls": c, "box_depth": d}
@@ -214,7 +239,12 @@ def build(config, split: str) -> StudentDataset | None:
       return None
     if len(paths) > 1:
       raise ValueError(f"[data] {split}: one frame cache per split, got {len(paths)}")
-    config, split = {**config.options, "cache": paths[0], "val_fraction": 0.0}, "all"
+    # the section names one cache per split: use all of its records, augmented when it is the training cache
+    return _build({**config.options, "cache": paths[0]}, "all", augmented=split == "train")
+  return _build(config, split, augmented=split == "train")
+
+
+def _build(config: Mapping, split: str, augmented: bool) -> StudentDataset:
   if "cache" not in config:
     raise ValueError("data config needs 'cache' (a frame cache folder)")
   cache = FrameCache(Path(config["cache"]))
@@ -227,5 +257,5 @@ def build(config, split: str) -> StudentDataset | None:
   seed = int(config.get("seed", 0))
   idx = split_indices(cache, split, float(config.get("val_fraction", 0.1)), seed)
   return StudentDataset(cache, labels=config.get("labels"), teachers=config.get("teachers"),
-                        use_gt=bool(config.get("use_gt", True)), augment=aug if split == "train" else None,
+                        use_gt=bool(config.get("use_gt", True)), augment=aug if augmented else None,
                         seed=seed, indices=idx)

@@ -13,7 +13,6 @@ transformers ResNet instead, which is what the detection teacher loads.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ from transformers import DetrConfig, DetrForObjectDetection, DetrForSegmentation
 from selfdrive.modeld_fair.camera import DEFAULT_CAMERA_HEIGHT, MEDMODEL, CameraModel
 from selfdrive.modeld_fair.classes import CLASS_ID, IGNORE_ID
 from selfdrive.modeld_fair.model_io import OBJECT_SEMANTIC_IDS
+from tools.fair.data.box_distance import depth_in_box
 from tools.fair.teachers.base import Detections, PanopticMaps, Segment, TeacherInput, default_dtype
 from tools.fair.teachers.preprocess import network_size, to_model_frame, to_network
 from tools.fair.teachers.weights import WeightsInfo, check_model_type, load_pretrained
@@ -93,22 +93,12 @@ def road_positions(boxes: np.ndarray, depth: np.ndarray, camera: CameraModel,
   Depth: the median finite depth over the box's central half (its corners mostly see what is behind or
   beside the object); point: the box's bottom-centre (its contact with the road) at that depth:
   x = d, y = (u - cx) d / f, z = (v - cy) d / f - height (the camera is `height` m above the road).
-  Rows are NaN where the box holds no finite depth.
+  Rows are NaN where the box holds no known depth (data.box_distance.depth_in_box).
   """
-  out = np.full((len(boxes), 3), np.nan, np.float32)
-  for k, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, np.float64)):
-    # pixel centres inside the central half (at least one pixel for tiny boxes)
-    u0 = min(max(math.ceil((3 * x0 + x1) / 4), 0), camera.width - 1)
-    v0 = min(max(math.ceil((3 * y0 + y1) / 4), 0), camera.height - 1)
-    u1 = max(min(math.floor((x0 + 3 * x1) / 4), camera.width - 1), u0)
-    v1 = max(min(math.floor((y0 + 3 * y1) / 4), camera.height - 1), v0)
-    d = depth[v0:v1 + 1, u0:u1 + 1]
-    d = d[np.isfinite(d)]
-    if d.size:
-      d = float(np.median(d))
-      u, v = (x0 + x1) / 2, y1
-      out[k] = (d, (u - camera.cx) / camera.focal * d, (v - camera.cy) / camera.focal * d - height)
-  return out
+  b = np.asarray(boxes, np.float64).reshape(-1, 4)
+  d = depth_in_box(b, np.asarray(depth, np.float32)).astype(np.float64)
+  u, v = (b[:, 0] + b[:, 2]) / 2, b[:, 3]
+  return np.stack([d, (u - camera.cx) / camera.focal * d, (v - camera.cy) / camera.focal * d - height], 1).astype(np.float32)
 
 
 class _Detr:
