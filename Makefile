@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --no-cache-dir --disable-pip-version-check -q
 
-.PHONY: setup demo test test-slow bench samples artifacts transfer
+.PHONY: setup demo test test-slow bench samples replay-refs artifacts transfer
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ transfer: $(STAMP)
 
 samples: $(STAMP)
 	$(PY) -m tools.fair.samples --regenerate
+
+# after an intended model change: the bundled student's outputs on the samples become the replay gate's references
+replay-refs: $(STAMP)
+	$(PY) -m tools.fair.replay_ref --update
 
 artifacts: $(STAMP)
 	$(VENV)/bin/scons -Q

@@ -271,6 +271,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                     "modeld_fair --source zmq)")
   p.add_argument("--ipc-dir", type=Path, default=None, help="transport folder for --live (default as modeld_fair's)")
   p.add_argument("--rate", type=float, default=20.0, help="frames/s for --live")
+  p.add_argument("--ref", type=Path, default=None,
+                 help="regression gate: compare the outputs field by field with this reference (.npz; the bundled "
+                      "samples' are in data/replay_refs/), exit 1 naming the first fields that differ")
+  p.add_argument("--update-ref", action="store_true", help="with --ref: write the outputs as the new reference")
+  p.add_argument("--tol", type=float, default=None, help="with --ref: tolerance (default: the reference's, 1e-3)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -278,8 +283,14 @@ def run(args: argparse.Namespace) -> int:
     n = publish_segment(args.segment, args.ipc_dir, rate_hz=args.rate, max_frames=args.max_frames)
     print(f"published {n} frames")
     return 0
+  if args.ref is not None:
+    from tools.fair.replay_ref import gate, report
+    diffs = gate(args.segment, args.ref, make_runner(args.runtime, args.model), update=args.update_ref,
+                 max_frames=args.max_frames, tol=args.tol, out_dir=args.out)
+    print(f"wrote {args.ref}" if args.update_ref else report(diffs, args.ref))
+    return 1 if diffs else 0
   if args.out is None:
-    raise ValueError("--out DIR is required (or --live)")
+    raise ValueError("--out DIR is required (or --live, or --ref REF)")
   replay_segment(args.segment, args.out, make_runner(args.runtime, args.model), max_frames=args.max_frames,
                           video=not args.no_video)
   print((args.out / "latency.md").read_text())
