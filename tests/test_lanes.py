@@ -16,9 +16,12 @@ from openpilot_logging.cereal import log as capnp_log  # noqa: E402
 from selfdrive.modeld_fair.camera import MEDMODEL  # noqa: E402
 from selfdrive.modeld_fair.model_io import LANE_X  # noqa: E402
 from tools.fair.cli import main as fair_main  # noqa: E402
+from tools.fair.data.cache import build_frame_cache  # noqa: E402
+from tools.fair.data.dataset import StudentDataset  # noqa: E402
+from tools.fair.labels.store import LabelStore  # noqa: E402
 from tools.fair.lanes.pipeline import (LaneConfig, LaneInit, assign_slots, frames_kept, gt_init,  # noqa: E402
-                                       label_lanes, lane_errors, load_labels, model_frames, model_to_road, modelv2_init,
-                                       road_to_model, save_labels, seg_init, segment_height, start_points)
+                                       label_lanes, lane_errors, model_frames, model_to_road, modelv2_init, read_labels,
+                                       road_to_model, seg_init, segment_height, start_points, write_labels)
 from tools.fair.routes import Segment  # noqa: E402
 from tools.fair.sim.gt import load_segment_scene, render_gt  # noqa: E402
 from tools.fair.teachers.lk_tracker import LKConfig, LKTracker  # noqa: E402
@@ -143,10 +146,13 @@ def test_label_lanes_with_lk_against_ground_truth(sample, tmp_path):
   assert len(np.unique(labels.init_frame)) >= 2      # re-initialised as points run out of the image
   e = lane_errors(labels, scene, CFG)
   assert e.at[10.0] < 0.05 and e.at[20.0] < 0.08 and e.median < 0.1 and e.visible_fraction > 0.6
-  back = load_labels(save_labels(tmp_path / "l.npz", labels))
+  store = LabelStore(tmp_path)
+  entries = write_labels(store, Segment(SAMPLE), labels, _lk(), CFG.camera, shard_frames=40)
+  assert [e.frame_ids for e in entries] == [(0, 39, 40), (40, 79, 40), (80, 99, 20)] and entries[-1].final
+  back = read_labels(store, SAMPLE.name)
   assert np.array_equal(back.lanes, labels.lanes) and np.array_equal(back.visible, labels.visible)
+  assert np.array_equal(back.exists, labels.exists) and np.array_equal(back.init_frame, labels.init_frame)
   assert (back.source, back.tracker, back.weights_sha256, back.height) == ("gt", "lk", labels.weights_sha256, height)
-  assert [p.name for p in tmp_path.iterdir()] == ["l.npz"]     # no temporary left behind
 
 
 def test_frames_without_an_init_are_labelled_empty(sample):
@@ -182,12 +188,18 @@ def test_random_weight_cotracker_labels_lanes_end_to_end(sample, tmp_path, monke
 
 
 def test_fair_lanes_command(tmp_path, capsys):
-  out = tmp_path / "lanes.npz"
+  out = tmp_path / "labels"
   assert fair_main(["lanes", str(SAMPLE), "--tracker", "lk", "--init", "gt", "--out", str(out), "--max-frames", "30",
                     "--scale", "0.5"]) == 0
   text = capsys.readouterr().out
   assert "30 frames" in text and "lateral error vs ground truth (m): 10 m" in text
-  assert load_labels(out).lanes.shape == (30, 4, 33, 2)
+  labels = read_labels(LabelStore(out), SAMPLE.name)
+  assert labels.lanes.shape == (30, 4, 33, 2) and not LabelStore(out).shards("lanes", SAMPLE.name)[-1].final
+  # the dataset's "lanes" teacher reads them: frame 20 of a cache of the segment gets the stored lanes
+  cache = build_frame_cache([SAMPLE], tmp_path / "cache", every=10, max_frames=3, instance=False, progress=False)
+  item = StudentDataset(cache, labels=out, teachers={"lanes": "lanes"}, use_gt=False)[2]
+  np.testing.assert_array_equal(item["lanes"].numpy(), labels.lanes[20])
+  np.testing.assert_array_equal(item["lane_valid"].numpy() > 0, labels.visible[20] & labels.exists[20][:, None])
   assert fair_main(["lanes", str(SAMPLE), "--init", "modelv2", "--out", str(out)]) == 2
   assert "no modelV2 events" in capsys.readouterr().err
   assert fair_main(["lanes", str(SAMPLE), "--tracker", "cotracker", "--weights", str(tmp_path), "--out", str(out)]) == 2

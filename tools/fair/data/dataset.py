@@ -143,7 +143,7 @@ class StudentDataset(Dataset):
       s["features"] = lab["features"][0]["features"].astype(np.float32)
     if lab.get("lanes") and not have_gt:
       a = lab["lanes"][0]
-      s.update(lanes=a["lanes"], lane_visible=a["lane_valid"], lane_exists=a["lane_exists"])
+      s.update(lanes=a["lanes"], lane_visible=a["visible"], lane_exists=a["exists"])   # lanes.write_labels
     if not have_gt:
       s.update(self._pseudo_boxes(s, lab.get("detection"), rec))
     return s

@@ -248,7 +248,8 @@ class _Job:
     return entry
 
 
-def _teacher_info(name: str, teacher, segment: Segment, options: dict[str, str]) -> ShardInfo:
+def teacher_info(name: str, teacher, segment: Segment, options: dict[str, str]) -> ShardInfo:
+  """Provenance of `teacher`'s labels of `segment` under the store name `name` (final: False)."""
   cls = type(teacher)
   w = teacher.weights
   return ShardInfo(name, f"{cls.__module__}:{cls.__qualname__}", w.sha256, str(w.path), w.model_id,
@@ -308,7 +309,7 @@ def label_segments(segments: Sequence[str | Path], teachers: dict, store: LabelS
         done, whole = (set(), False) if cfg.overwrite else done_shards(store, mine, t, cfg)
         report.skipped_shards += len(done)
         complete &= whole
-        jobs.append(_Job(name, t, _teacher_info(name, t, seg, options[name]), done, cfg))
+        jobs.append(_Job(name, t, teacher_info(name, t, seg, options[name]), done, cfg))
       if complete:
         report.skipped_segments += 1
         bar.update(len(seg.of_type("roadEncodeIdx")))

@@ -8,7 +8,7 @@ import numpy as np
 
 from selfdrive.modeld_fair.camera import MEDMODEL
 from tools.fair.lanes.pipeline import (INIT_SOURCES, LaneConfig, gt_init, label_lanes, lane_errors, model_frames,
-                                       modelv2_by_frame, modelv2_init, save_labels, seg_init, segment_height)
+                                       modelv2_by_frame, modelv2_init, seg_init, segment_height, write_labels)
 
 TRACKERS = ("lk", "cotracker")
 
@@ -58,13 +58,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--weights", type=Path, default=None, help="weights DIR (cotracker: DIR/cotracker/scaled_online.pth)")
   p.add_argument("--init", choices=INIT_SOURCES, default="gt", help="where lane points start (default gt)")
   p.add_argument("--seg-teacher", default=None, help="--init seg: teacher giving semantic maps (gt: the simulator's)")
-  p.add_argument("--out", type=Path, required=True, help="FILE.npz to write the labels to")
+  p.add_argument("--out", type=Path, required=True,
+                 help="label store DIR to write the labels into (as teacher --name; StudentDataset's lanes teacher)")
+  p.add_argument("--name", default="lanes", help="teacher name of the labels in the store (default lanes)")
   p.add_argument("--scale", type=float, default=1.0, help="model frame resolution multiple (default 1: 512x256)")
   p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
   p.add_argument("--device", default="cpu", help="torch device of cotracker / a seg teacher")
 
 
 def run(args: argparse.Namespace) -> int:
+  from tools.fair.labels.store import LabelStore
   from tools.fair.routes import Segment
   seg = Segment(args.segment)
   camera = MEDMODEL if args.scale == 1.0 else MEDMODEL.scaled(args.scale)
@@ -73,10 +76,11 @@ def run(args: argparse.Namespace) -> int:
   tracker = load_tracker(args.tracker, camera, args.weights, args.device)
   init = make_init(args.init, seg, config, height, args.seg_teacher, args.weights, args.device)
   labels = label_lanes(model_frames(seg, camera, args.max_frames), init, tracker, height, config, args.init)
-  path = save_labels(args.out, labels)
   n = len(labels.frame_index)
+  write_labels(LabelStore(args.out), seg, labels, tracker, camera, args.name,
+               final=args.max_frames is None or n < args.max_frames)
   inits = len(np.unique(labels.init_frame))
-  print(f"{path}: {n} frames, {inits} initialisations ({args.init}, tracker {args.tracker}), height {height:.2f} m")
+  print(f"{args.out} {args.name}/{seg.path.name}: {n} frames, {inits} initialisations ({args.init}, tracker {args.tracker}), height {height:.2f} m")
   print("  slot            " + "  ".join(f"{s:>6}" for s in ("LL", "L", "R", "RR")))
   print("  exists          " + "  ".join(f"{v:6.2f}" for v in labels.exists.mean(0)))
   print("  visible points  " + "  ".join(f"{v:6.2f}" for v in labels.visible.mean((0, 2))))

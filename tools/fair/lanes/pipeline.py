@@ -19,11 +19,8 @@ Road frame: x forward, y right, z down, origin on the road below the camera (too
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -367,28 +364,33 @@ def lane_errors(labels: LaneLabels, scene, config: LaneConfig, max_x: float | No
                     len(errs) / n_gt if n_gt else float("nan"))
 
 
-def save_labels(path: str | Path, labels: LaneLabels) -> Path:
-  """Write labels as one .npz (atomically: temp file + rename)."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez_compressed(f, frame_index=labels.frame_index, lanes=labels.lanes, visible=labels.visible,
-                          exists=labels.exists, init_frame=labels.init_frame, source=labels.source,
-                          tracker=labels.tracker, weights_sha256=labels.weights_sha256, height=labels.height,
-                          lane_x=LANE_X)
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
-  return path
+def write_labels(store, segment, labels: LaneLabels, tracker, camera: CameraModel, name: str = "lanes",
+                 final: bool = True, shard_frames: int = 100) -> list:
+  """Write labels of `segment` (a routes.Segment) into a LabelStore as teacher `name` (what StudentDataset's
+  "lanes" teacher reads), in shards of `shard_frames` frame indices; returns the ShardEntries. Arrays: lanes
+  (N, 4, 33, 2) float32, visible (N, 4, 33) uint8, exists (N, 4) uint8, init_frame (N,) int64; metadata:
+  source, tracker, height, lane_x. final: the labels reach the end of the video."""
+  from tools.fair.labels.pipeline import teacher_info
+  from tools.fair.labels.store import Labels
+  info = teacher_info(name, tracker, segment, {"init": labels.source, "height": f"{labels.height:.4f}"})
+  meta = {"source": labels.source, "tracker": labels.tracker, "height": labels.height, "lane_x": LANE_X.tolist()}
+  shard = labels.frame_index // shard_frames
+  entries = []
+  for k in np.unique(shard):
+    r = shard == k
+    arrays = {"lanes": labels.lanes[r].astype(np.float32), "visible": labels.visible[r].astype(np.uint8),
+              "exists": labels.exists[r].astype(np.uint8), "init_frame": labels.init_frame[r].astype(np.int64)}
+    entries.append(store.write(replace(info, final=bool(final and k == shard[-1])), labels.frame_index[r],
+                               Labels(arrays, meta, camera)))
+  return entries
 
 
-def load_labels(path: str | Path) -> LaneLabels:
-  """Read labels written by save_labels; ValueError for files of another layout."""
-  with np.load(path, allow_pickle=False) as z:
-    if not np.array_equal(z.get("lane_x"), LANE_X):
-      raise ValueError(f"{path}: not lane labels at model_io.LANE_X")
-    return LaneLabels(z["frame_index"], z["lanes"], z["visible"], z["exists"], z["init_frame"], str(z["source"]),
-                      str(z["tracker"]), str(z["weights_sha256"]), float(z["height"]))
+def read_labels(store, segment: str, name: str = "lanes") -> LaneLabels:
+  """The lane labels of a segment (its folder name) that write_labels put into `store` as teacher `name`."""
+  meta = store.meta(name, segment)[0]
+  if not np.allclose(meta.get("lane_x", []), LANE_X):
+    raise ValueError(f"{store.root}: {name!r} labels of {segment} are not lane labels at model_io.LANE_X")
+  a = store.read(name, segment, ["lanes", "visible", "exists", "init_frame"])
+  e = store.shards(name, segment)[0]
+  return LaneLabels(a["frame_id"], a["lanes"], a["visible"].astype(bool), a["exists"].astype(bool), a["init_frame"],
+                    meta["source"], meta["tracker"], e.weights_hash, float(meta["height"]))
