@@ -104,6 +104,8 @@ def rgb_to_yuv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def rgb_to_nv12(rgb: np.ndarray) -> tuple[np.ndarray, NV12Layout]:
   """uint8 RGB (h, w, 3), h and w even, to a padded NV12 buffer (chroma averaged over 2x2)."""
   h, w, _ = rgb.shape
+  if h % 2 or w % 2:
+    raise ValueError(f"NV12 needs an even width and height, got {w}x{h} (crop the last column/row first)")
   y, u, v = rgb_to_yuv(rgb)
   sub = lambda p: p.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
   q = lambda p: np.clip(np.rint(p), 0, 255).astype(np.uint8)
