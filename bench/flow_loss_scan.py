@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import header, write_report  # noqa: E402
@@ -27,6 +26,7 @@ from tools.fair.flow.losses import (LossConfig, blurred_photometric_loss, photom
                                     smoothness_loss)
 from tools.fair.flow.model import warp  # noqa: E402
 from tools.fair.flow.train import load_pairs, load_pairs_npz, save_pairs  # noqa: E402
+from tools.fair.progress import progress_bar  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAIRS = ROOT / ".flowdata/pairs_s025_gt.npz"
@@ -49,7 +49,7 @@ def scan(data, config: LossConfig = LossConfig()) -> dict[str, np.ndarray]:
   truth = data.truth
   blurs = {f"blurred, sigma {s:g}": (s,) for s in sorted(set(SIGMAS) | set(config.blur_sigmas))}
   sums = {k: np.zeros(len(SCALES)) for k in ("sharp", "smoothness", *blurs)}
-  for k, (s, t) in enumerate(tqdm(truth.pairs.tolist(), desc="scan", unit="pair")):
+  for k, (s, t) in enumerate(progress_bar(truth.pairs.tolist(), desc="scan", unit="pair")):
     img1, img2 = (torch.from_numpy(data.frames[s][i][None]).permute(0, 3, 1, 2).float() / 255 for i in (t, t + 1))
     exact = torch.from_numpy(truth.flow[k]).permute(2, 0, 1)[None].float()
     visible = torch.from_numpy(truth.valid[k])[None, None]

@@ -355,13 +355,13 @@ def test_cli(tmp_path, capsys):
   good.write_text('[data]\nbuilder = "test_distill:build_synthetic"\noptions = {n = 4}\n'
                   '[optim]\nbatch_size = 2\nwarmup_steps = 1\n[loss.weights]\nseg = 1.0\n')
   out = tmp_path / "run"
-  assert main(["train", str(good), "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+  assert main(["train", str(good), "--steps", "2", "--out", str(out), "--quiet"]) == 0
   text = capsys.readouterr().out
   assert "good: 2 steps" in text and str(out / "checkpoints") in text
   assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
   assert main(["train", str(good), "--steps", "2", "--out", str(out)]) == 2  # refuses to overwrite
   assert "--resume" in capsys.readouterr().err
-  assert main(["train", str(good), "--steps", "3", "--out", str(out), "--resume", "--no-progress"]) == 0
+  assert main(["train", str(good), "--steps", "3", "--out", str(out), "--resume", "--quiet"]) == 0
   assert "good: 3 steps" in capsys.readouterr().out
 
 
@@ -374,7 +374,7 @@ def test_cli_compare_dora_against_full(tmp_path, capsys):
   full.write_text(data + common)
   dora.write_text(data + common + '[dora]\nenabled = true\nrank = 4\n')
   out = tmp_path / "cmp"
-  assert main(["train", str(full), "--compare", str(dora), "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+  assert main(["train", str(full), "--compare", str(dora), "--steps", "2", "--out", str(out), "--quiet"]) == 0
   table = (out / "compare-full-vs-dora.md").read_text()
   rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
           for line in table.splitlines()[2:]}

@@ -23,19 +23,60 @@ COMMANDS = {
   "lanes": ("tools.fair.lanes.cli", "lane pseudo-labels: init lane points, track them, lift to the road frame"),
   "train": ("tools.fair.distill.cli", "train / distil a student from a recipe config (resumes exactly)"),
   "stats": ("tools.fair.data.stats", "dataset statistics and plots (class balance, depth, objects, lanes)"),
+  "env": ("tools.fair.env", "versions, devices and where teacher weights are looked for (paste it into bug reports)"),
 }
+
+S = "data/samples/fairsim-tici-cut_in-s1--0"   # a bundled sample segment
+# name -> the examples section of `fair NAME --help`
+EXAMPLES = {
+  "sim": "fair sim --out /tmp/segs --seconds 10 --seed 1 --camera mici --scenario cut_in",
+  "inspect": f"fair inspect {S} --gt --out /tmp/inspect.mp4\nfair inspect {S} --out /tmp/frames --max-frames 5",
+  "demo": "fair demo\nfair demo --runtime tinygrad --max-frames 20",
+  "export": "fair export --config nano --out /tmp/student.onnx",
+  "replay": f"fair replay {S} --out /tmp/replay\nfair replay {S} --runtime tinygrad --no-video --max-frames 50",
+  "profile": "fair profile nano selfdrive/modeld_fair/models/student.onnx --report /tmp/profile.md",
+  "label": f"fair label {S} --teachers dpt-depth,detr --weights ~/weights --out /tmp/store\n"
+           "fair label SEGMENTS... --teachers dinov2 --out /tmp/store --shard 1/4 --device cuda:1",
+  "flow-train": f"fair flow-train {S} --out /tmp/flow --minutes 5\n"
+                "python -m tools.fair.flow.train --pairs pairs.npz --out /tmp/flow --device cuda --steps 20000",
+  "lanes": f"fair lanes {S} --tracker lk --init gt --out /tmp/store",
+  "train": "fair train tools/fair/distill/recipes/nano_gt.toml --steps 200 --out /tmp/run\n"
+           "fair train tools/fair/distill/recipes/nano_gt.toml --out /tmp/run --resume",
+  "stats": "fair stats CACHE --out /tmp/stats --labels STORE --teacher depth=dpt-depth",
+  "env": "fair env\nfair env --weights ~/weights",
+}
+
+
+def examples(lines: str) -> str:
+  return "examples:\n" + "".join(f"  {line}\n" for line in lines.splitlines())
+
+
+def version() -> str:
+  from importlib.metadata import PackageNotFoundError
+  from importlib.metadata import version as dist_version
+  try:
+    return dist_version("fairpilot")
+  except PackageNotFoundError:   # a source tree that was never installed
+    return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
-  parser = argparse.ArgumentParser(prog="fair", description=__doc__.splitlines()[0])
+  raw = argparse.RawDescriptionHelpFormatter
+  parser = argparse.ArgumentParser(prog="fair", description=__doc__.splitlines()[0], formatter_class=raw,
+                                   epilog=examples("fair sim --out /tmp/segs --seed 1\nfair train --help\nfair env"))
+  parser.add_argument("--version", action="version", version=f"fair {version()}")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
   chosen = argv[0] if argv and argv[0] in COMMANDS else None
   for name, (module, help_text) in COMMANDS.items():
-    p = sub.add_parser(name, help=help_text, description=help_text)
+    p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=raw,
+                       epilog=examples(EXAMPLES[name]) if name in EXAMPLES else None)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     if name == chosen:
       importlib.import_module(module).add_arguments(p)
   args = parser.parse_args(argv)
+  from tools.fair.progress import set_quiet
+  set_quiet(args.quiet)
   module = importlib.import_module(COMMANDS[args.command][0])
   from tools.fair.routes.errors import RouteError
   try:

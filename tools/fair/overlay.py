@@ -160,7 +160,7 @@ def inspect_segment(segment_dir, out, with_gt: bool = False, frame: str = "model
   frame="camera": the device image scaled by `scale`. with_gt draws the simulator's ground truth
   (segments written by `fair sim`) beside the image.
   """
-  from tqdm import tqdm
+  from tools.fair.progress import progress_bar
   from selfdrive.modeld_fair.medmodel_warp import warp_rgb, warp_tables
   from tools.fair.routes import Segment
 
@@ -176,7 +176,7 @@ def inspect_segment(segment_dir, out, with_gt: bool = False, frame: str = "model
   frames = seg.frames()
   total = len(seg.of_type("roadEncodeIdx")) if max_frames is None else max_frames
   try:
-    for f in tqdm(frames, total=total, desc=f"inspect {seg.path.name}", unit="frame", disable=not progress):
+    for f in progress_bar(frames, total=total, desc=f"inspect {seg.path.name}", unit="frame", disable=not progress):
       if max_frames is not None and f.index >= max_frames:
         break
       rpy = f.calib_rpy or (0.0, 0.0, 0.0)

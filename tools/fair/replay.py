@@ -26,7 +26,6 @@ import cv2
 import numpy as np
 import zstandard as zstd
 from openpilot_logging.cereal import log as capnp_log
-from tqdm import tqdm
 
 from cereal_ext.fair import FairOutput, from_event
 from selfdrive.modeld_fair.camera import DEFAULT_CAMERA_HEIGHT, MEDMODEL
@@ -39,6 +38,7 @@ from selfdrive.modeld_fair.nv12 import CameraFrame
 from selfdrive.modeld_fair.transport import FRAME_SERVICE, Publisher
 from tools.fair.overlay import Box, VideoSink, blend_semantic, colorize_depth, draw_boxes, draw_polylines, gt_panels, \
   label, mosaic, project_road_polyline
+from tools.fair.progress import progress_bar
 from tools.fair.routes import Frame, Segment, SegmentWarning
 from tools.fair.sim.gt import load_segment_scene, render_gt
 
@@ -90,7 +90,7 @@ def replay_segment(segment, out_dir, runner: Runner, *, max_frames: int | None =
   t_start = time.perf_counter()
   frames = seg.frames(reuse_buffer=True)
   try:
-    for f in tqdm(frames, desc=f"replay {seg.path.name}", unit="frame", disable=not progress):
+    for f in progress_bar(frames, desc=f"replay {seg.path.name}", unit="frame", disable=not progress):
       if max_frames is not None and len(outputs) >= max_frames:
         break
       if f.camera_state is None:  # the daemon never sees a frame without its camera state

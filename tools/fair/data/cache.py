@@ -34,12 +34,12 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
-from tqdm import tqdm
 
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from selfdrive.modeld_fair.medmodel_warp import warp_model_input, warp_rgb, warp_tables
 from selfdrive.modeld_fair.model_io import N_LANE_POINTS, N_LANES, OBJECT_CLASSES
 from tools.fair.files import atomic_write
+from tools.fair.progress import progress_bar
 from tools.fair.routes import Segment
 
 CACHE_VERSION = 1
@@ -200,7 +200,7 @@ def cache_segment(path, out_dir, config: CacheConfig, progress: bool = False) ->
     pending.clear()
 
   n_kept = 0
-  bar = tqdm(desc=path.name, unit="frame", disable=not progress, total=None if scene is None else scene.n_frames)
+  bar = progress_bar(desc=path.name, unit="frame", disable=not progress, total=None if scene is None else scene.n_frames)
   for frame in seg.frames("road"):
     bar.update(1)
     keep = frame.index % config.every == 0
@@ -274,13 +274,13 @@ def build_frame_cache(segments, out_dir, scale: float = 0.5, every: int = 1, wor
     atomic_write(cfg_path, json.dumps({"version": CACHE_VERSION, **config.key()}))
   metas: list[dict | None] = [None] * len(paths)
   if workers <= 1:
-    for i, p in enumerate(tqdm(paths, desc="segments", unit="seg", disable=not progress or len(paths) < 2)):
+    for i, p in enumerate(progress_bar(paths, desc="segments", unit="seg", disable=not progress or len(paths) < 2)):
       metas[i] = cache_segment(p, out_dir, config, progress=progress)
   else:
     # spawn: the decoder's threads make fork unsafe
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
       futures = {pool.submit(cache_segment, p, out_dir, config): i for i, p in enumerate(paths)}
-      for fut in tqdm(futures, desc="segments", unit="seg", disable=not progress):
+      for fut in progress_bar(futures, desc="segments", unit="seg", disable=not progress):
         metas[futures[fut]] = fut.result()
   _write_index(out_dir, config, metas)
   return FrameCache(out_dir)

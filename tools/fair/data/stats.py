@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from selfdrive.modeld_fair.classes import SEMANTIC_CLASSES
 from selfdrive.modeld_fair.model_io import LANE_X, N_LANES, OBJECT_CLASSES
+from tools.fair.progress import progress_bar
 
 DEPTH_BINS = np.array([0, 5, 10, 20, 30, 40, 60, 80, 100, 150, 200, np.inf])
 DISTANCE_BINS = np.array([0, 10, 20, 40, 80, np.inf])   # object centre depth (m)
@@ -46,7 +46,7 @@ def compute_stats(ds, progress: bool = False) -> DatasetStats:
   lane_exists = np.zeros(N_LANES, np.int64)
   lane_visible = np.zeros((N_LANES, len(LANE_X)), np.int64)
   scen: Counter = Counter()
-  for i in tqdm(range(len(ds)), desc="stats", unit="frame", disable=not progress):
+  for i in progress_bar(range(len(ds)), desc="stats", unit="frame", disable=not progress):
     s = ds.raw(i)
     scen[ds.record(i).scenario] += 1
     if "semantic" in s:

@@ -1,6 +1,6 @@
 """`fair train`: train / distil a student from a recipe TOML, resumable exactly.
 
-  fair train tools/fair/distill/recipes/nano_gt.toml [--resume] [--steps N] [--out DIR] [--device cpu|cuda]
+  fair train tools/fair/distill/recipes/nano_gt.toml [--resume] [--steps N] [--out DIR] [--device auto|cpu|cuda|mps]
   fair train recipes/nano_distill.toml --compare recipes/dora_dinov2.toml   # DoRA vs full table, same data
 
 Bad recipes exit with status 2 and one line naming the file, section and key.
@@ -12,8 +12,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
+from tools.fair.device import add_device_argument, resolve_device
 from tools.fair.distill.recipe import Recipe, build_dataset, load_recipe, with_overrides
 from tools.fair.distill.trainer import DistillationTrainer, FitResult, build_model
 
@@ -22,8 +21,7 @@ def train_recipe(recipe: Recipe, device: str = "cpu", resume: bool = False, prog
                  evaluate=None, max_steps: int | None = None) -> FitResult:
   """Build the recipe's data (the [data] builder hook), teacher (online mode), model and trainer, then fit.
   Refuses to start over a run folder that has checkpoints unless `resume`."""
-  if device == "cuda" and not torch.cuda.is_available():
-    raise ValueError("--device cuda: no CUDA device available")
+  device = str(resolve_device(device))
   train_ds = build_dataset(recipe.data, "train")
   val_ds = build_dataset(recipe.data, "val")  # None or empty: no validation (then no best/)
   val_ds = val_ds if val_ds is not None and len(val_ds) else None
@@ -79,10 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in the run folder")
   p.add_argument("--steps", type=int, help="train for N optimizer steps in all (overrides [optim] epochs / steps)")
   p.add_argument("--out", help="run folder (overrides [run] out)")
-  p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+  add_device_argument(p)
   p.add_argument("--compare", metavar="CONFIG",
                  help="also train this recipe (e.g. the DoRA variant) and write the comparison table")
-  p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(a: argparse.Namespace) -> int:
@@ -100,7 +97,7 @@ def run(a: argparse.Namespace) -> int:
     recipes.append(other)
   rows = []
   for r in recipes:
-    res = train_recipe(r, a.device, a.resume, progress=not a.no_progress)
+    res = train_recipe(r, a.device, a.resume, progress=not a.quiet)
     best = f"{res.best_metric} {res.best_value:.4f} at step {res.best_step}" if res.best_value is not None else "none"
     print(f"{r.name}: {res.step} steps ({res.steps_per_s:.2f} steps/s), {res.trainable_params:,} trainable params; "
           f"best {best}")
@@ -117,13 +114,9 @@ def run(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m tools.fair.distill.cli", description=__doc__.splitlines()[0])
-  add_arguments(p)
-  try:
-    return run(p.parse_args(argv))
-  except (ValueError, FileNotFoundError) as e:
-    print(f"fair train: error: {e}", file=sys.stderr)
-    return 2
+  """`python -m tools.fair.distill.cli ARGS` is `fair train ARGS`."""
+  from tools.fair.cli import main as fair_main
+  return fair_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -29,11 +29,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from tools.fair.distill.checkpoint import CheckpointManager, rng_state, set_rng_state
 from tools.fair.distill.losses import PRESENT, DistillLoss, LossOutput
 from tools.fair.distill.recipe import Recipe
+from tools.fair.progress import progress_bar
 
 Evaluate = Callable[[nn.Module, Dataset], Mapping[str, float]]
 _FILL = {"seg": 255}  # collate's value for a key a sample lacks: "not supervised" (others: 0 plus the presence mask)
@@ -350,7 +350,7 @@ class DistillationTrainer:
     o, r = self.recipe.optim, self.recipe.run
     stop = self.total_steps if max_steps is None else min(max_steps, self.total_steps)
     start_step, t0 = self.step, time.perf_counter()
-    bar = tqdm(total=stop, initial=self.step, disable=not self.progress, desc=self.recipe.name, unit="step",
+    bar = progress_bar(total=stop, initial=self.step, disable=not self.progress, desc=self.recipe.name, unit="step",
                dynamic_ncols=True)
     saved_at = -1
     while self.step < stop:

@@ -15,8 +15,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
 
+from tools.fair.progress import progress_bar
 from tools.fair.sim.cli import segment_name, write_segment
 from tools.fair.sim.scenarios import SCENARIOS
 from tools.fair.sim.scene import Scene
@@ -78,7 +78,7 @@ def generate_segments(out_dir, n: int, seconds: float = 5.0, seed0: int = 0, cam
   specs = segment_specs(n, seconds, seed0, cameras, scenarios)
   paths = [out / segment_name(s.scene()) for s in specs]
   todo = [s for s, p in zip(specs, paths) if not is_finished(p)]
-  bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="segments", unit="seg", disable=not progress)
+  bar = progress_bar(total=len(specs), initial=len(specs) - len(todo), desc="segments", unit="seg", disable=not progress)
   if workers <= 1:
     for s in todo:
       _write(s, str(out))

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 from transformers import Dinov2Config, Dinov2Model, DPTConfig, DPTForDepthEstimation
 
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from selfdrive.modeld_fair.classes import IGNORE_ID, SEMANTIC_CLASSES
+from tools.fair.progress import progress_bar
 from tools.fair.teachers.depth_probe import silog_loss
 from tools.fair.teachers.dinov2_seg import DinoSegNet, HeadConfig, LinearSegHead, save_head
 from tools.fair.teachers.dpt_depth import DptDepthConfig
@@ -117,7 +117,7 @@ def _train(model: torch.nn.Module, loss_fn, n: int, cfg: TeacherTrainConfig, des
   sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(cfg, s))
   model.train()
   losses = []
-  bar = tqdm(range(cfg.steps), desc=desc, unit="step")
+  bar = progress_bar(range(cfg.steps), desc=desc, unit="step")
   for _ in bar:
     idx = np.sort(rng.choice(n, size=min(cfg.batch, n), replace=False))
     flip = cfg.hflip and bool(rng.integers(2))

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from selfdrive.modeld_fair.classes import IGNORE_ID
+from tools.fair.device import add_device_argument, resolve_device
 from tools.fair.flow.losses import LossConfig, unsupervised_loss
 from tools.fair.flow.model import FlowNet, FlowNetConfig, photometric_residual
+from tools.fair.progress import progress_bar
 
 # Decoding (tools.fair.routes: PyAV, pycapnp), rendering the ground truth (tools.fair.sim), cv2 and scipy (motion)
 # are imported where used: training from a saved pair file (--pairs) needs only torch and numpy.
@@ -151,7 +152,7 @@ def load_pairs(paths, scale: float, masks: str = "none", holdout: float = 0.2, p
   from tools.fair.sim.gt import load_segment_scene, render_gt
   camera = MEDMODEL.scaled(scale)
   frames, segs, train, held, folders, truths = [], [], [], [], [], []
-  for si, path in enumerate(tqdm([Path(p) for p in paths], desc="load", unit="segment", disable=not progress)):
+  for si, path in enumerate(progress_bar([Path(p) for p in paths], desc="load", unit="segment", disable=not progress)):
     seg = Segment(path)
     tables, rgb, ids = {}, [], []
     for f in seg.frames():
@@ -291,7 +292,7 @@ def train_flow(config: TrainConfig, out, steps: int | None = None, minutes: floa
   steps of this run as a kill would (no checkpoint, no export)."""
   if steps is None and minutes is None:
     raise ValueError("give --steps or --minutes (or both)")
-  out, device = Path(out), _device(device)
+  out, device = Path(out), resolve_device(device)
   data = data or load_pairs(config.segments, config.scale, config.masks, config.holdout, progress)
   torch.manual_seed(config.seed)
   net = FlowNet(config.net).to(device)
@@ -310,7 +311,7 @@ def train_flow(config: TrainConfig, out, steps: int | None = None, minutes: floa
     step = int(state["step"])
   start, t0 = step, time.monotonic()
   total = steps if steps is not None else None
-  bar = tqdm(total=total, initial=step, desc="flow-train", unit="step", disable=not progress)
+  bar = progress_bar(total=total, initial=step, desc="flow-train", unit="step", disable=not progress)
   net.train()
   while (steps is None or step < steps) and (minutes is None or time.monotonic() - t0 < minutes * 60):
     idx = torch.randint(len(data.train), (config.batch,), generator=gen)
@@ -350,7 +351,7 @@ def evaluate(net: FlowNet, data: PairData, device: str | torch.device = "cpu",
   `max_residual` (None: no such filter). Frames in data.camera pixels; the network runs on `device`."""
   from tools.fair.bench.metrics.egomotion import relative_pose_errors
   from tools.fair.flow.motion import ego_motion
-  cam, truth, device = data.camera, data.truth, _device(device)
+  cam, truth, device = data.camera, data.truth, resolve_device(device)
   if truth is None or not len(truth.pairs):
     return {"pairs": 0}
   net = net.to(device).eval()
@@ -402,13 +403,6 @@ def evaluate(net: FlowNet, data: PairData, device: str | torch.device = "cpu",
   return out
 
 
-def _device(device: str | torch.device) -> torch.device:
-  device = torch.device(device)
-  if device.type == "cuda" and not torch.cuda.is_available():
-    raise ValueError("--device cuda: no CUDA device available")
-  return device
-
-
 def _pose(e) -> tuple[np.ndarray, np.ndarray]:
   return e.rotation, e.translation
 
@@ -421,7 +415,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  "frames, segment maps and the held-out ground truth to FILE.npz and stop (no training)")
   p.add_argument("--pairs", type=Path, metavar="FILE.npz", help="train from a --save-pairs file instead of SEGMENTS "
                  "(needs neither PyAV nor pycapnp; --scale/--masks/--holdout come from the file)")
-  p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where model, batches and loss run")
+  add_device_argument(p)   # where model, batches and loss run
   p.add_argument("--minutes", type=float, default=None, help="training time of this run (default: 10 without --steps)")
   p.add_argument("--steps", type=int, default=None, help="total training steps (resumed runs count earlier ones)")
   p.add_argument("--scale", type=float, default=None, help="model frame scale: 0.25 = 128x64 (default), 1 = 512x256")

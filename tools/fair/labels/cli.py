@@ -1,6 +1,6 @@
 """`fair label`: pseudo-label segments with teachers into a sharded, resumable label store (docs/labels.md).
 
-  fair label SEGMENTS... --teachers dpt-depth,detr --weights DIR --out STORE [--device cpu|cuda] [--batch 8]
+  fair label SEGMENTS... --teachers dpt-depth,detr --weights DIR --out STORE [--device auto|cpu|cuda|mps] [--batch 8]
              [--scale 0.5] [--shard i/N] [--shard-frames 100] [--overwrite] [--teacher-opt NAME.FIELD=VALUE ...]
 
 --shard i/N labels the i-th of N disjoint parts of the sorted segment list (segment k goes to part k mod N),
@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from selfdrive.modeld_fair.camera import CameraModel
+from tools.fair.device import add_device_argument, resolve_device
 from tools.fair.labels.pipeline import LabelConfig, label_segments
 from tools.fair.labels.store import LabelStore
 
@@ -135,7 +136,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--weights", default=None,
                  help="weights DIR with one folder per teacher (default: $FAIR_WEIGHTS_DIR, else the HF cache)")
   p.add_argument("--out", required=True, type=Path, help="label store folder (created; resumed when it exists)")
-  p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+  add_device_argument(p)
   p.add_argument("--batch", type=int, default=LabelConfig.batch, help="frames per teacher call (default 8)")
   p.add_argument("--scale", type=float, default=LabelConfig.scale,
                  help="model frame = 512x256 medmodel x scale (default 0.5: 256x128)")
@@ -143,7 +144,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--shard-frames", type=int, default=LabelConfig.shard_frames,
                  help="consecutive frames per shard file (default 100)")
   p.add_argument("--overwrite", action="store_true", help="relabel shards that are already in the store")
-  p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.add_argument("--teacher-opt", action="append", default=[], metavar="NAME.FIELD=VALUE",
                  help="set a field of a teacher's config, e.g. cotracker.grid=8,16; sam2.prompter=detr names the "
                       "detection teacher (from --weights) whose first-frame boxes prompt SAM 2 (repeatable)")
@@ -151,7 +151,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
   """Load the teachers and label this machine's part of the segments."""
-  from tools.fair.teachers import load_teacher, teacher_class   # torch + transformers: only when labelling
+  from tools.fair.teachers import MissingWeightsError, load_teacher, teacher_class   # torch + transformers
   i, n = parse_shard(args.shard)
   names = [t.strip() for t in args.teachers.split(",") if t.strip()]
   if not names or len(set(names)) != len(names):
@@ -159,14 +159,19 @@ def run(args: argparse.Namespace) -> int:
   cfg = LabelConfig(batch=args.batch, scale=args.scale, shard_frames=args.shard_frames, overwrite=args.overwrite)
   segments = partition(args.segments, i, n)
   opts = parse_teacher_opts(args.teacher_opt, names)
+  device = str(resolve_device(args.device))
   teachers: dict = {}
+  missing: dict[str, str] = {}   # teacher -> what it lacks: all named in one error, not one per run
   options = {name: dict(sorted(opts[name].items())) for name in names}
-  load = lambda name, o: load_teacher(name, args.weights, args.device,  # noqa: E731
+  load = lambda name, o: load_teacher(name, args.weights, device,  # noqa: E731
                                       config=teacher_config(teacher_class(name), cfg.camera, o))
   # prompted teachers last, so that a prompter that is also labelling is the very same instance
   for name in sorted(names, key=lambda x: _has_prompter(teacher_class(x))):
     if not _has_prompter(teacher_class(name)):
-      teachers[name] = load(name, opts[name])
+      try:
+        teachers[name] = load(name, opts[name])
+      except MissingWeightsError as e:
+        missing[name] = str(e)
       continue
     own = dict(opts[name])
     prompter_name = own.pop("prompter", None)
@@ -176,11 +181,24 @@ def run(args: argparse.Namespace) -> int:
     if "detection" not in teacher_class(prompter_name).tasks:
       raise ValueError(f"--teacher-opt {name}.prompter={prompter_name}: not a detection teacher")
     pre = opts.get(prompter_name, {})
-    prompter = teachers.get(prompter_name) or load(prompter_name, pre)
+    if prompter_name in missing:
+      continue
+    try:
+      prompter = teachers.get(prompter_name) or load(prompter_name, pre)
+    except MissingWeightsError as e:
+      missing[prompter_name] = str(e)
+      continue
     config = dataclasses.replace(teacher_config(teacher_class(name), cfg.camera, own), prompter=prompter)
-    teachers[name] = load_teacher(name, args.weights, args.device, config=config)
+    try:
+      teachers[name] = load_teacher(name, args.weights, device, config=config)
+    except MissingWeightsError as e:
+      missing[name] = str(e)
+      continue
     # the prompter's weights and options shape these labels as much as the teacher's own
     options[name] |= {"prompter.weights_hash": prompter.weights.sha256} | {f"prompter.{k}": v for k, v in pre.items()}
+  if missing:
+    raise MissingWeightsError(f"{len(missing)} teacher(s) lack weights ({', '.join(missing)}):\n" +
+                              "\n".join(missing.values()))
   teachers = {name: teachers[name] for name in names}
   if not segments:
     print(f"fair label: part {i}/{n} has no segments")

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from selfdrive.modeld_fair.medmodel_warp import warp_rgb, warp_tables
 from tools.fair.labels.store import Labels, LabelStore, ShardEntry, ShardInfo, concat_labels, convert
+from tools.fair.progress import progress_bar
 from tools.fair.routes import Segment
 
 
@@ -300,7 +300,7 @@ def label_segments(segments: Sequence[str | Path], teachers: dict, store: LabelS
   total = sum(len(s.of_type("roadEncodeIdx")) for s in segs) or None
   report = LabelReport(labelled={n: 0 for n in teachers}, teacher_seconds={n: 0.0 for n in teachers})
   t0 = time.perf_counter()
-  bar = tqdm(total=total, unit="frame", desc="fair label", disable=not progress, dynamic_ncols=True)
+  bar = progress_bar(total=total, unit="frame", desc="fair label", disable=not progress, dynamic_ncols=True)
   try:
     for seg in segs:
       jobs, complete = [], True

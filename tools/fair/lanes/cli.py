@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from selfdrive.modeld_fair.camera import MEDMODEL
+from tools.fair.device import add_device_argument, resolve_device
 from tools.fair.lanes.pipeline import (INIT_SOURCES, LaneConfig, gt_init, label_lanes, lane_errors, model_frames,
                                        modelv2_by_frame, modelv2_init, seg_init, segment_height, write_labels)
 
@@ -63,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--name", default="lanes", help="teacher name of the labels in the store (default lanes)")
   p.add_argument("--scale", type=float, default=1.0, help="model frame resolution multiple (default 1: 512x256)")
   p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-  p.add_argument("--device", default="cpu", help="torch device of cotracker / a seg teacher")
+  add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
   camera = MEDMODEL if args.scale == 1.0 else MEDMODEL.scaled(args.scale)
   config = LaneConfig(camera=camera)
   height = segment_height(seg)
-  tracker = load_tracker(args.tracker, camera, args.weights, args.device)
-  init = make_init(args.init, seg, config, height, args.seg_teacher, args.weights, args.device)
+  device = str(resolve_device(args.device))
+  tracker = load_tracker(args.tracker, camera, args.weights, device)
+  init = make_init(args.init, seg, config, height, args.seg_teacher, args.weights, device)
   labels = label_lanes(model_frames(seg, camera, args.max_frames), init, tracker, height, config, args.init)
   n = len(labels.frame_index)
   write_labels(LabelStore(args.out), seg, labels, tracker, camera, args.name,

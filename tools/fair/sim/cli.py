@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tqdm import tqdm
 
 from selfdrive.modeld_fair.camera import DEVICE_CAMERAS
+from tools.fair.progress import progress_bar
 from tools.fair.routes import SegmentWriter
 from tools.fair.sim.render import render_frame
 from tools.fair.sim.scenarios import SCENARIOS
@@ -26,7 +26,7 @@ def write_segment(scene: Scene, out_dir, progress: bool = True, overwrite: bool 
   camera = DEVICE_CAMERAS[scene.camera]
   ego = scene.ego
   with SegmentWriter(path, camera, fps=round(scene.fps), overwrite=overwrite) as writer:
-    for f in tqdm(range(scene.n_frames), desc=path.name, unit="frame", disable=not progress):
+    for f in progress_bar(range(scene.n_frames), desc=path.name, unit="frame", disable=not progress):
       # carState.yawRate is left-positive (openpilot's vehicle frame); the scene's is right-positive (z down)
       writer.write_frame(render_frame(scene, f, camera).rgb, calib_rpy=scene.calib.rpy, v_ego=float(ego.v[f]),
                          a_ego=float(ego.a[f]), yaw_rate=-float(ego.yaw_rate[f]), trans=ego.trans[f], rot=ego.rot[f])
