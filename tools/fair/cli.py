@@ -33,7 +33,8 @@ EXAMPLES = {
   "inspect": f"fair inspect {S} --gt --out /tmp/inspect.mp4\nfair inspect {S} --out /tmp/frames --max-frames 5",
   "demo": "fair demo\nfair demo --runtime tinygrad --max-frames 20",
   "export": "fair export --config nano --out /tmp/student.onnx",
-  "replay": f"fair replay {S} --out /tmp/replay\nfair replay {S} --runtime tinygrad --no-video --max-frames 50",
+  "replay": f"fair replay {S} --out /tmp/replay\nfair replay {S} --no-video --max-frames 10 "
+            "--ref data/replay_refs/fairsim-tici-cut_in-s1--0.npz",
   "profile": "fair profile nano selfdrive/modeld_fair/models/student.onnx --report /tmp/profile.md",
   "label": f"fair label {S} --teachers dpt-depth,detr --weights ~/weights --out /tmp/store\n"
            "fair label SEGMENTS... --teachers dinov2 --out /tmp/store --shard 1/4 --device cuda:1",
