@@ -35,6 +35,8 @@ EXAMPLES = {
   "export": "fair export --config nano --out /tmp/student.onnx",
   "replay": f"fair replay {S} --out /tmp/replay\nfair replay {S} --no-video --max-frames 10 "
             "--ref data/replay_refs/fairsim-tici-cut_in-s1--0.npz",
+  "predict": "fair predict photo.png --intrinsics 910,910,582,437 --height 1.22 --out /tmp/predict\n"
+             "fair predict clip.mp4 --intrinsics 1000,1000,640,360 --pitch 0.02 --out /tmp/predict",
   "profile": "fair profile nano selfdrive/modeld_fair/models/student.onnx --report /tmp/profile.md",
   "label": f"fair label {S} --teachers dpt-depth,detr --weights ~/weights --out /tmp/store\n"
            "fair label SEGMENTS... --teachers dinov2 --out /tmp/store --shard 1/4 --device cuda:1",
