@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 from transformers import (DetrConfig, DetrForSegmentation, Dinov2Config, Dinov2Model, DPTConfig,  # noqa: E402
                           DPTForDepthEstimation, ResNetConfig)
 
-from selfdrive.modeld_fair.camera import MEDMODEL  # noqa: E402
+from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel  # noqa: E402
 from selfdrive.modeld_fair.medmodel_warp import warp_rgb, warp_tables  # noqa: E402
 from tools.fair.cli import main  # noqa: E402
 from tools.fair import files as files_mod  # noqa: E402
@@ -402,14 +402,15 @@ def test_detections_are_padded_with_class_indices(tmp_path):
 def test_store_rejects_bad_shards_and_replaces_overlaps(tmp_path):
   store = LabelStore(tmp_path)
   info = ShardInfo("t", "x:Y", "h", "p", None, "v", "seg", "/seg", False)
-  lab = Labels({"depth": np.ones((4, 2, 2), np.float16)}, {}, CAM)
+  tiny = CameraModel("tiny", 2, 2, 1.0, 0.5, 0.5)
+  lab = Labels({"depth": np.ones((4, 2, 2), np.float16)}, {}, tiny)
   with pytest.raises(ValueError, match="consecutive"):
     store.write(info, [0, 1, 3, 4], lab)
   with pytest.raises(ValueError, match="expected 3 frames"):
     store.write(info, [0, 1, 2], lab)
   store.write(info, [0, 1, 2, 3], lab)
   store.write(info, [4, 5, 6, 7], lab)
-  store.write(info, [2, 3, 4, 5], Labels({"depth": np.zeros((4, 2, 2), np.float16)}, {}, CAM))   # other shard size
+  store.write(info, [2, 3, 4, 5], Labels({"depth": np.zeros((4, 2, 2), np.float16)}, {}, tiny))   # other shard size
   assert [e.frame_ids for e in store.entries()] == [(2, 5, 4)]
   assert sorted(p.name for p in (tmp_path / "t" / "seg").iterdir()) == ["000002-000005.safetensors"]
   with pytest.raises(FileNotFoundError, match="does not exist"):

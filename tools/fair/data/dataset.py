@@ -22,6 +22,7 @@ from tools.fair.data.augment import Augment, AugmentConfig
 from tools.fair.data.box_distance import depth_in_box, ground_contact_depth
 from tools.fair.data.cache import FrameCache
 from tools.fair.data.targets import boxes_from_masks, sample_targets
+from tools.fair.labels.schema import check_entry
 
 TASKS = ("depth", "seg", "panoptic", "detection", "features", "lanes")
 _GT_FIELDS = ("depth", "semantic", "box_xyxy", "box_cls", "box_count", "box_pos", "lanes", "lane_visible",
@@ -37,6 +38,19 @@ def _detection_class_map(classes: list[str]) -> np.ndarray:
   from tools.fair.teachers.detr import COCO_TO_SEMANTIC  # only for detection teachers (pulls in torch)
   return np.array([OBJECT_CLASSES.index(COCO_TO_SEMANTIC[c]) if COCO_TO_SEMANTIC.get(c) in OBJECT_CLASSES else -1
                    for c in classes] + [-1], np.int64)  # the extra entry maps padding (-1) to -1
+
+
+def _check_teachers(labels, teachers: Mapping[str, str]) -> None:
+  """ValueError (one line: teacher, key, expected shape) unless every task's teacher has shards in the store
+  of a kind that task reads (labels/schema.py)."""
+  entries = labels.entries()
+  for task, teacher in teachers.items():
+    mine = [e for e in entries if e.teacher == teacher]
+    if not mine:
+      have = ", ".join(sorted({e.teacher for e in entries})) or "none"
+      raise ValueError(f"label store {labels.root} has no labels of teacher {teacher!r} (task {task}; has: {have})")
+    for e in mine:
+      check_entry(e, task)
 
 
 class StudentDataset(Dataset):
@@ -64,6 +78,8 @@ class StudentDataset(Dataset):
       from tools.fair.labels.store import LabelStore
       labels = LabelStore(labels)
     self.labels = labels
+    if self.teachers:
+      _check_teachers(labels, self.teachers)
     self.use_gt = bool(use_gt)
     self.augment = Augment(augment) if isinstance(augment, AugmentConfig) else augment
     self.seed = int(seed)

@@ -30,6 +30,7 @@ import safetensors.numpy
 
 from selfdrive.modeld_fair.camera import CameraModel
 from tools.fair.files import atomic_write, sha256_file
+from tools.fair.labels import schema
 
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -236,6 +237,7 @@ class LabelStore:
     for k, a in labels.arrays.items():
       if k == "frame_id" or a.shape[:1] != (n,):
         raise ValueError(f"field {k!r}: expected {n} frames first, got shape {a.shape}")
+    schema.check(labels.arrays, labels.camera.height, labels.camera.width, f"teacher {info.teacher!r}")
     for k, v in labels.frame_meta.items():
       if len(v) != n:
         raise ValueError(f"per-frame metadata {k!r}: expected {n} items, got {len(v)}")
