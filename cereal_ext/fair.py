@@ -447,9 +447,14 @@ def to_event(out: FairOutput, log_mono_time: int, slot: int = DEFAULT_SLOT, dept
 def from_event(event, slot: int = DEFAULT_SLOT) -> FairOutput:
   """Decode the FairOutput in an Event (reader or builder) whose union holds customReservedRawData{slot}."""
   name = _slot_field(slot)
-  if event.which() != name:
-    raise FairMessageError(f"event holds {event.which()}, not {name}")
-  return decode(getattr(event, name))
+  try:
+    which = event.which()
+    data = getattr(event, name) if which == name else None
+  except capnp.KjException as e:  # a corrupted Event: its pointers lead nowhere
+    raise FairMessageError(f"not a readable Event: {str(e).splitlines()[0]}") from e
+  if data is None:
+    raise FairMessageError(f"event holds {which}, not {name}")
+  return decode(data)
 
 
 def from_events(events: Iterable, slot: int = DEFAULT_SLOT) -> list[tuple[int, FairOutput]]:
@@ -457,11 +462,13 @@ def from_events(events: Iterable, slot: int = DEFAULT_SLOT) -> list[tuple[int, F
   name = _slot_field(slot)
   res = []
   for e in events:
-    if e.which() == name:
-      try:
-        res.append((e.logMonoTime, decode(getattr(e, name))))
-      except FairMessageError as err:
-        raise FairMessageError(f"event at logMonoTime {e.logMonoTime}: {err}") from err
+    try:
+      if e.which() == name:
+        res.append((e.logMonoTime, from_event(e, slot)))
+    except capnp.KjException as err:
+      raise FairMessageError(f"event at logMonoTime {e.logMonoTime}: not a readable Event: {err}") from err
+    except FairMessageError as err:
+      raise FairMessageError(f"event at logMonoTime {e.logMonoTime}: {err}") from err
   return res
 
 

@@ -33,7 +33,7 @@ from cereal_ext.fair import DEFAULT_SLOT, MAX_TEXT_BYTES, FairMessageError, Fair
 from selfdrive.modeld_fair.camera import CameraModel, camera_for_size
 from selfdrive.modeld_fair.medmodel_warp import WarpTables, warp_model_input, warp_tables
 from selfdrive.modeld_fair.model_io import INPUT_SHAPE
-from selfdrive.modeld_fair.nv12 import nv12_layout
+from selfdrive.modeld_fair.nv12 import FRAME_FIELDS, frame_meta_problem, nv12_layout
 from selfdrive.modeld_fair.outputs import check_finite, check_shapes, decode_outputs
 from selfdrive.modeld_fair.runner import Runner, make_runner  # imports a back end only when a runner is made
 from selfdrive.modeld_fair.sources import Inputs, OpenpilotSource, Source, ZmqSource, openpilot_available
@@ -44,6 +44,7 @@ RECV_TIMEOUT_S = 0.1                 # the loop wakes at least this often: stop 
 DISCONNECT_NS = 500_000_000          # no frame for 10 frame periods: transportDisconnected
 IDLE_PUBLISH_PERIOD_NS = 1_000_000_000  # while disconnected, one frame-less invalid message per second
 STALE_FRAME_NS = 500_000_000         # a frame whose end of exposure is older than this is staleFrame
+FUTURE_FRAME_NS = 100_000_000        # ... or ahead of now by more than this (one clock: only a broken stamp is)
 # modeld's frame-drop filter: first order, time constant 10 s at 20 Hz, at most 10 drops counted per
 # gap, silent for the first 10 frames; reported as 100 * x / (1 + x)
 FRAME_DROP_RC_S = 10.0
@@ -54,6 +55,9 @@ FRAME_DROP_WARMUP = 10
 # it moved by 0.1 mrad (0.26 px on the comma 3X road camera) keeps that cost out of nearly every frame
 CALIB_REBUILD_RAD = 1e-4
 NO_CALIB = (0.0, 0.0, 0.0)           # until a calibration is seen: warp as if the device were mounted straight
+# a usable rpyCalib is finite and within 20 degrees per angle, far beyond calibrationd's own pitch/yaw
+# limits (< 0.15 rad): anything else is a broken message, not a mounting
+CALIB_LIMIT_RAD = 0.35
 # inside openpilot: a big core modeld (core 7) and controls (4, 5) do not use, SCHED_FIFO priority
 # far below modeld's 54 so that our model can never delay the driving model
 REALTIME_CORES = [6]
@@ -117,7 +121,8 @@ class WarpCache:
 
   def get(self, camera: CameraModel, rpy) -> WarpTables:
     rpy = np.asarray(rpy, np.float64)
-    if self.tables is None or camera != self.camera or np.abs(rpy - self.rpy).max() >= CALIB_REBUILD_RAD:
+    # `not <`: a calibration that does not compare (NaN) is a change, never a reason to keep old tables
+    if self.tables is None or camera != self.camera or not np.abs(rpy - self.rpy).max() < CALIB_REBUILD_RAD:
       self.camera, self.rpy, self.tables = camera, rpy, warp_tables(camera, rpy)
     return self.tables
 
@@ -164,13 +169,13 @@ class StepResult:
 
 
 def _text(s: str) -> str:
-  """Fit free text into a message's Text field (UTF-8 bytes cap, no NUL)."""
-  return s.replace("\x00", " ").encode()[:MAX_TEXT_BYTES].decode(errors="ignore")
+  """Fit free text into a message's Text field (UTF-8 bytes cap, no NUL, lone surrogates as '?')."""
+  return s.replace("\x00", " ").encode(errors="replace")[:MAX_TEXT_BYTES].decode(errors="ignore")
 
 
 def frame_fault(frame: CameraFrame, last_eof: int | None, now_ns: int) -> Fault | None:
   """badFrame for a size/stride/buffer that is not a road camera's padded NV12, staleFrame for a
-  frame not newer than the previous one or far older than now; None for a usable frame."""
+  stamp failing the clock rule (stamp_fault); None for a usable frame. Its metadata fits VisionIPC's types."""
   try:
     camera_for_size(frame.width, frame.height)
   except ValueError as e:
@@ -182,18 +187,36 @@ def frame_fault(frame: CameraFrame, last_eof: int | None, now_ns: int) -> Fault 
   data = frame.data
   if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 1 or data.size < layout.size:
     return Fault("badFrame", f"buffer of {getattr(data, 'size', '?')} bytes, expected >= {layout.size}")
-  if last_eof is not None and frame.timestamp_eof <= last_eof:
-    return Fault("staleFrame", f"timestamp_eof {frame.timestamp_eof} is not after the previous frame's {last_eof}")
-  if now_ns - frame.timestamp_eof > STALE_FRAME_NS:
-    return Fault("staleFrame", f"frame is {(now_ns - frame.timestamp_eof) / 1e6:.0f} ms old")
+  return stamp_fault(frame.timestamp_eof, last_eof, now_ns)
+
+
+def stamp_fault(eof: int, last_eof: int | None, now_ns: int) -> Fault | None:
+  """The clock rule: a frame's end of exposure lies after the last accepted frame's, at most
+  STALE_FRAME_NS before now and at most FUTURE_FRAME_NS after it. Only accepted stamps become
+  `last_eof`, so one broken stamp (an hour ahead, backwards) affects its own frame only."""
+  if last_eof is not None and eof <= last_eof:
+    return Fault("staleFrame", f"timestamp_eof {eof} is not after the previous frame's {last_eof}")
+  if now_ns - eof > STALE_FRAME_NS:
+    return Fault("staleFrame", f"frame is {(now_ns - eof) / 1e6:.0f} ms old")
+  if eof - now_ns > FUTURE_FRAME_NS:
+    return Fault("staleFrame", f"timestamp_eof is {(eof - now_ns) / 1e6:.0f} ms in the future")
   return None
 
 
-def infer(state: LoopState, frame: CameraFrame, inputs: Inputs,
-          times: StageTimes) -> tuple[FairOutput | None, Fault | None]:
-  """Warp, run and decode one usable frame: the decoded outputs, or the fault that prevented them."""
+def calib_fault(rpy) -> Fault | None:
+  """noCalibration until a usable rpyCalib (finite, each angle within CALIB_LIMIT_RAD) is in force."""
+  if rpy is None:
+    return Fault("noCalibration", "no liveCalibration yet: warped with the identity calibration")
+  if not (len(rpy) == 3 and all(abs(a) <= CALIB_LIMIT_RAD for a in rpy)):  # NaN fails <= too
+    return Fault("noCalibration", f"liveCalibration.rpyCalib {tuple(rpy)} is not finite within "
+                                  f"{CALIB_LIMIT_RAD} rad: warped with the identity calibration")
+  return None
+
+
+def infer(state: LoopState, frame: CameraFrame, rpy, times: StageTimes) -> tuple[FairOutput | None, Fault | None]:
+  """Warp (calibration `rpy`), run and decode one usable frame: the decoded outputs, or the fault that prevented them."""
   t0 = time.perf_counter()
-  tables = state.warp.get(camera_for_size(frame.width, frame.height), inputs.calib_rpy or NO_CALIB)
+  tables = state.warp.get(camera_for_size(frame.width, frame.height), rpy)
   img = state.history.push(warp_model_input(frame.data, tables))
   t1 = time.perf_counter()
   times.warp = t1 - t0
@@ -235,22 +258,26 @@ def serialize(out: FairOutput, log_mono_time: int) -> tuple[FairOutput, bytes]:
 def step(state: LoopState, source: Source, frame: CameraFrame, inputs: Inputs, now_ns: int) -> StepResult:
   """Process and publish one received frame (the per-frame step of the loop and of replay)."""
   times = StageTimes()
-  dropped = state.drops.update(frame.frame_id)
-  if dropped:
-    log.debug("skipped %d frames before frame %d", dropped, frame.frame_id)
-  out = FairOutput(frame_id=frame.frame_id, frame_id_extra=frame.frame_id,  # no wide camera: extra = main
-                   frame_age=max(0, (inputs.camera_state_frame_id or 0) - frame.frame_id),
-                   frame_drop_perc=state.drops.perc, timestamp_eof=frame.timestamp_eof,
-                   model_id=state.model_id, model_hash=state.model_hash)
-  fault = frame_fault(frame, state.last_eof, now_ns)
+  if (problem := frame_meta_problem({k: getattr(frame, k) for k in FRAME_FIELDS})) is not None:
+    # ids or stamps that fit no message: an anonymous badFrame, and the drop filter never sees them
+    out = FairOutput(frame_drop_perc=state.drops.perc, model_id=state.model_id, model_hash=state.model_hash)
+    fault = Fault("badFrame", problem)
+  else:
+    if dropped := state.drops.update(frame.frame_id):
+      log.debug("skipped %d frames before frame %d", dropped, frame.frame_id)
+    out = FairOutput(frame_id=frame.frame_id, frame_id_extra=frame.frame_id,  # no wide camera: extra = main
+                     frame_age=max(0, (inputs.camera_state_frame_id or 0) - frame.frame_id),
+                     frame_drop_perc=state.drops.perc, timestamp_eof=frame.timestamp_eof,
+                     model_id=state.model_id, model_hash=state.model_hash)
+    fault = frame_fault(frame, state.last_eof, now_ns)
   if fault is None:
     state.last_eof = frame.timestamp_eof
-    decoded, fault = infer(state, frame, inputs, times)
+    calib = calib_fault(inputs.calib_rpy)
+    decoded, fault = infer(state, frame, NO_CALIB if calib else inputs.calib_rpy, times)
     out.model_execution_time = times.run
     if decoded is not None:
       out = replace(out, **{f: getattr(decoded, f) for f in OUTPUT_FIELDS})
-      if inputs.calib_rpy is None:  # outputs are there, but in an uncalibrated frame
-        fault = Fault("noCalibration", "no liveCalibration yet: warped with the identity calibration")
+      fault = calib  # outputs are there, but without a usable calibration they are in an uncalibrated frame
   if fault is not None:
     out.invalid_reason, out.invalid_detail = fault.reason, _text(fault.detail)
   t0 = time.perf_counter()

@@ -17,6 +17,22 @@ def align(x: int, a: int) -> int:
 
 
 FRAME_FIELDS = ("frame_id", "timestamp_sof", "timestamp_eof", "width", "height", "stride", "uv_offset")
+# VisionIPC's types: frame ids are UInt32, stamps UInt64 ns; sizes and offsets fit a UInt32
+FRAME_FIELD_BITS = {"frame_id": 32, "timestamp_sof": 64, "timestamp_eof": 64, "width": 32, "height": 32,
+                    "stride": 32, "uv_offset": 32}
+
+
+def frame_meta_problem(meta) -> str | None:
+  """Why frame metadata (a mapping of FRAME_FIELDS) is not VisionIPC's: a field missing, not an
+  integer or outside its unsigned range; None when every field fits."""
+  for k, bits in FRAME_FIELD_BITS.items():
+    v = meta.get(k)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+      return f"{k} = {repr(v)[:40]} is not an integer"
+    if not 0 <= v < 1 << bits:
+      shown = v if abs(v).bit_length() < 128 else f"a {abs(v).bit_length()}-bit integer"
+      return f"{k} = {shown} is not a UInt{bits}"
+  return None
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,6 +23,9 @@ from selfdrive.modeld_fair.nv12 import CameraFrame
 
 OUTPUT_SERVICE = f"customReservedRawData{DEFAULT_SLOT}"  # the Event field FairModelOutput travels in
 INPUT_SERVICES = ("liveCalibration", "roadCameraState")
+# messages taken from each input socket per loop: normally 1-2 arrive per frame; a flood beyond it waits
+# in the socket (and zmq drops past its high-water mark) instead of starving the frames
+MAX_MESSAGES_PER_LOOP = 100
 
 log = logging.getLogger("modeld_fair.sources")
 
@@ -82,7 +85,7 @@ class ZmqSource:
 
   def recv_inputs(self) -> Inputs:
     for sub in self.messages:
-      for msg in sub.recv_all():
+      for msg in sub.recv_all(MAX_MESSAGES_PER_LOOP):
         try:
           with capnp_log.Event.from_bytes(bytes(msg.payload)) as event:
             self.inputs = update_inputs(self.inputs, event)

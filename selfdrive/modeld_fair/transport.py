@@ -35,12 +35,13 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from selfdrive.modeld_fair.nv12 import FRAME_FIELDS, CameraFrame
+from selfdrive.modeld_fair.nv12 import FRAME_FIELDS, CameraFrame, frame_meta_problem
 
 FRAME_SERVICE = "roadCameraFrames"
 FRAME_SNDHWM = 2  # frames a publisher holds per subscriber before dropping: never a backlog
 EVENT_HWM = 1000  # events are small and must not be lost to a short stall (calibration arrives at 4 Hz)
 _LEN = struct.Struct("<I")  # the metadata length
+MAX_META_BYTES = 4096  # ours are < 200 bytes; the cap keeps a hostile one's parse (huge numbers, deep nesting) small
 
 log = logging.getLogger("modeld_fair.transport")
 
@@ -130,11 +131,16 @@ class Subscriber:
       return None
     return self._parse(self.sock.recv(copy=False).buffer)
 
-  def recv_all(self) -> list[Message]:
-    """Every well-formed message queued now, oldest first, without waiting."""
+  def recv_all(self, limit: int = EVENT_HWM) -> list[Message]:
+    """The well-formed messages among the next `limit` queued now, oldest first, without waiting
+    (bounded: a flood on one socket cannot hold its reader)."""
     out = []
-    while self.sock.poll(0):
-      if (msg := self._parse(self.sock.recv(copy=False).buffer)) is not None:
+    for _ in range(limit):
+      try:
+        raw = self.sock.recv(zmq.NOBLOCK, copy=False)
+      except zmq.Again:
+        break
+      if (msg := self._parse(raw.buffer)) is not None:
         out.append(msg)
     return out
 
@@ -143,21 +149,22 @@ class Subscriber:
     msg = self.recv(timeout_s)
     if msg is None:
       return None
-    try:
-      fields = {k: int(msg.meta[k]) for k in FRAME_FIELDS}
-    except (KeyError, TypeError, ValueError):
-      return self._malformed(f"frame metadata {msg.meta!r} lacks integer {', '.join(FRAME_FIELDS)}")
-    return CameraFrame(**fields, data=np.frombuffer(msg.payload, np.uint8))
+    if (problem := frame_meta_problem(msg.meta)) is not None:
+      return self._malformed(f"frame metadata: {problem}")
+    return CameraFrame(**{k: int(msg.meta[k]) for k in FRAME_FIELDS}, data=np.frombuffer(msg.payload, np.uint8))
 
   def _parse(self, buf: memoryview) -> Message | None:
     start = len(self._prefix) + _LEN.size
     if len(buf) < start or buf[:len(self._prefix)] != self._prefix:
       return self._malformed(f"{len(buf)} bytes not framed as {self._prefix!r} + length + metadata")
-    end = start + _LEN.unpack_from(buf, len(self._prefix))[0]
+    n = _LEN.unpack_from(buf, len(self._prefix))[0]
+    end = start + n
+    if n > MAX_META_BYTES:
+      return self._malformed(f"{n} bytes of metadata > {MAX_META_BYTES}")
     try:
       meta = json.loads(bytes(buf[start:end])) if end <= len(buf) else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-      return self._malformed(f"metadata is not JSON ({e})")
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, an integer past Python's digit limit, deep nesting
+      return self._malformed(f"metadata is not JSON ({type(e).__name__}: {str(e)[:80]})")
     if not isinstance(meta, dict):
       return self._malformed("metadata is not a JSON object within the message")
     return Message(self.service, meta, buf[end:])
