@@ -343,6 +343,19 @@ def test_trainer_errors(tmp_path):
     DistillationTrainer(r, nano(r), SyntheticDataset(4), progress=False)
 
 
+def test_trainer_stops_before_step_one_when_a_weighted_term_gets_no_data(tmp_path):
+  r = tiny_recipe(tmp_path)   # default weights: depth, seg, objects, lanes, ego all > 0
+  no_ego = SyntheticDataset(8, keys=tuple(k for k in SyntheticDataset(1)[0] if k != "ego"))
+  with pytest.raises(ValueError, match=r"^loss terms without data in the training samples: ego \(weight 0.2\) "
+                                       r"needs ego \(samples carry: .*\): give them a label source"):
+    DistillationTrainer(r, nano(r), no_ego, progress=False)
+  assert not (tmp_path / "train.csv").exists()   # stopped before anything was written
+  # the same samples train once the term is off
+  off = replace(r, loss=replace(r.loss, weights={**r.loss.weights, "ego": 0.0}))
+  assert DistillationTrainer(off, nano(off), no_ego, progress=False).fit(max_steps=1).step == 1
+  assert not L.missing_terms(r.loss, set(SyntheticDataset(1)[0]))   # samples with every key: nothing missing
+
+
 # ---- cli
 
 def test_cli(tmp_path, capsys):

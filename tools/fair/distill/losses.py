@@ -1,8 +1,9 @@
 """Distillation and task losses of the student (per-sample, so that hard-example mining can rank samples).
 
 Every term is a pure function returning a (B,) tensor: the term's value for each sample, 0 for a sample
-without any supervised element (never NaN). `DistillLoss` sums the configured terms, skipping each term
-whose batch keys are absent (the batch contract: a missing key = that task is not supervised).
+without any supervised element (never NaN). `DistillLoss` sums the configured terms, skipping in a batch each
+term whose keys are absent (the batch contract: a missing key = that task is not supervised there); the trainer
+stops before step 1 when a weighted term's keys come with no sample (`missing_terms`).
 """
 from __future__ import annotations
 
@@ -182,6 +183,17 @@ TERMS = {
 }
 DEFAULT_WEIGHTS = {"depth": 1.0, "depth_grad": 0.5, "seg": 1.0, "kd_seg": 0.0, "obj_heatmap": 1.0, "obj_box": 0.1,
                    "obj_depth": 0.5, "lanes": 0.2, "lane_prob": 0.5, "ego": 0.2, "feat": 0.0, "at": 0.0}
+
+
+def missing_terms(cfg: LossConfig, keys: set[str]) -> dict[str, list[str]]:
+  """Terms with weight > 0 -> the batch keys they need that are not in `keys` (those terms would never train)."""
+  out = {}
+  for term, need in TERMS.items():
+    if float(cfg.weights.get(term, 0.0)) > 0:
+      need = tuple(cfg.features.values()) if term in ("feat", "at") else need
+      if gone := sorted(set(need) - keys):
+        out[term] = gone
+  return out
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tools.fair.distill.checkpoint import CheckpointManager, rng_state, set_rng_state
-from tools.fair.distill.losses import PRESENT, DistillLoss, LossOutput
+from tools.fair.distill.losses import PRESENT, DistillLoss, LossOutput, missing_terms
 from tools.fair.distill.recipe import Recipe
 from tools.fair.progress import progress_bar
 
@@ -209,6 +209,7 @@ class DistillationTrainer:
       raise ValueError(f"train set of {len(train_ds)} samples is smaller than one step "
                        f"(batch_size {o.batch_size} x accumulate {o.accumulate})")
     self.total_steps = o.steps if o.steps is not None else o.epochs * self.steps_per_epoch
+    self._check_terms()
     pairs = dict(recipe.loss.features) if recipe.loss.weights.get("feat", 0) > 0 or \
         recipe.loss.weights.get("at", 0) > 0 else {}
     self.taps = StageTaps(self.model, list(pairs)) if pairs else None
@@ -250,6 +251,19 @@ class DistillationTrainer:
                     stacklevel=3)
       return None
     return SummaryWriter(str(self.out / "tb"))
+
+  def _check_terms(self, probes: int = 8) -> None:
+    """ValueError before step 1 when a loss term with weight > 0 finds its batch keys in none of `probes` training
+    samples spread over the set (an online teacher's key counts as given): it would never be trained."""
+    n = len(self.train_ds)
+    keys = {self.recipe.teacher.key} if self.recipe.teacher.mode == "online" else set()
+    for i in sorted({int(i) for i in np.linspace(0, n - 1, min(probes, n))}):
+      keys |= set(self.train_ds[i])
+    missing = missing_terms(self.recipe.loss, keys)
+    if missing:
+      terms = "; ".join(f"{t} (weight {self.recipe.loss.weights[t]:g}) needs {', '.join(k)}" for t, k in missing.items())
+      raise ValueError(f"loss terms without data in the training samples: {terms} (samples carry: "
+                       f"{', '.join(sorted(keys))}): give them a label source or set their weight to 0")
 
   @torch.no_grad()
   def _channels(self, pairs: Mapping[str, str]) -> tuple[dict[str, int], dict[str, int]]:
