@@ -31,7 +31,8 @@ def main() -> int:
   if not args.assemble_only:
     for name in args.only:
       subprocess.run([sys.executable, SECTIONS[name]], cwd=ROOT, check=True)
-  # every section, also those written by longer jobs (flow.md: fair flow-train, transfer.md: make transfer)
+  # every section, also those written by longer jobs (flow.md: fair flow-train, transfer.md: make transfer,
+  # soak.md: bench/soak.py, a 20-minute live run)
   parts = [INTRO] + [p.read_text() for p in sorted((ROOT / "docs/benchmarks").glob("*.md"))]
   (ROOT / "docs/benchmarks.md").write_text("\n".join(parts))
   return 0

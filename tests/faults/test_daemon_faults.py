@@ -14,9 +14,9 @@ from openpilot_logging.cereal import log
 
 from cereal_ext.fair import FairMessageError, FairOutput, from_event, to_event
 from selfdrive.modeld_fair import modeld_fair as md
-from selfdrive.modeld_fair.sources import MAX_MESSAGES_PER_LOOP, Inputs, ZmqSource
+from selfdrive.modeld_fair.sources import MAX_MESSAGES_PER_LOOP, OUTPUT_SERVICE, Inputs, ZmqSource
 from selfdrive.modeld_fair.transport import FRAME_SERVICE, Publisher, Subscriber
-from tests.test_daemon import CALIB, MS, FakeRunner, Harness, cam_frame, nv12  # noqa: F401  (nv12: a fixture)
+from tests.test_daemon import CALIB, MS, FakeRunner, Harness, cam_frame, nv12, receive, start_daemon, stop  # noqa: F401
 
 pytestmark = pytest.mark.faults
 
@@ -149,3 +149,47 @@ def test_from_event_turns_a_corrupted_event_into_a_message_error():
   data[12] = 3  # the root pointer: a data section of 3 words, so the payload pointer read is not a list
   with log.Event.from_bytes(bytes(data)) as ev, pytest.raises(FairMessageError, match="not a readable Event"):
     from_event(ev)
+
+
+# ---------------------------------------------------------------- the daemon process
+
+def test_the_live_daemon_outlives_every_fault_class(tmp_path, nv12):
+  ipc = tmp_path / "ipc"
+  sub = Subscriber(OUTPUT_SERVICE, ipc)
+  daemon = start_daemon(ipc, "fast_runner")
+  camera, calib = Publisher(FRAME_SERVICE, ipc, frames=True), Publisher("liveCalibration", ipc)
+  try:
+    assert camera.wait_for_subscribers(1, 15.0) and calib.wait_for_subscribers(1, 15.0), daemon.stdout
+
+    def answer(frame_id: int, **kw):
+      camera.send_frame(cam_frame(nv12, frame_id, time.monotonic_ns(), **kw))
+      got = receive(sub, lambda got: any(o.frame_id == frame_id for _, o in got), 10.0)
+      return next(o for _, o in got if o.frame_id == frame_id)
+
+    calib.send(calib_event(CALIB.calib_rpy))
+    time.sleep(0.2)
+    assert answer(0).valid
+    calib.send(calib_event((math.nan, 0.0, 0.0)))
+    time.sleep(0.2)
+    assert answer(1).invalid_reason == "noCalibration"
+    calib.send(b"not an Event")
+    calib.send(calib_event(CALIB.calib_rpy))
+    time.sleep(0.2)
+    assert answer(2).valid
+    bad_meta = [b'{"frame_id": 1e999}', b'{"frame_id": ' + b"9" * 5000 + b"}", b"[" * 100_000 + b"]" * 100_000,
+                json.dumps({**GOOD, "frame_id": 1 << 32}).encode(), json.dumps({**GOOD, "timestamp_eof": 1 << 64}).encode()]
+    for meta in bad_meta:
+      camera.sock.send(framed(meta))
+      time.sleep(0.3)  # read (and dropped) before anything newer replaces it in the conflated socket
+    assert answer(3).valid
+    assert answer(4, timestamp_eof=time.monotonic_ns() + 3600 * 10**9).invalid_reason == "staleFrame"
+    assert answer(5).valid
+    assert daemon.poll() is None
+    stop(daemon)
+  finally:
+    daemon.kill()
+    for s in (sub, camera, calib):
+      s.close()
+  out = daemon.stdout.read()
+  assert daemon.returncode == 0 and "Traceback" not in out, out
+  assert out.count("dropped a malformed message") == len(bad_meta) and "dropped an unreadable Event" in out, out
