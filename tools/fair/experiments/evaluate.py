@@ -5,8 +5,8 @@ All maps are compared where the student predicts them, with the targets built as
 enough known depth are skipped), classes at 64x128 (per-cell majority). A teacher's full-resolution map is
 reduced by the same function as the ground truth, so teacher and student face the same targets.
 
-Metrics (tools.fair.bench.metrics): depth AbsRel / δ1 pooled over all valid cells of all frames (ground
-truth up to max_depth, KITTI's 80 m by default); mIoU from the summed confusion matrix; detection COCO AP of
+Scoring is tools.fair.val.Scores (the one scoring module, also behind `fair val`): depth AbsRel / δ1 pooled
+over all valid cells of all frames (ground truth up to max_depth, KITTI's 80 m by default); mIoU from the summed confusion matrix; detection COCO AP of
 the student's decoded objects (selfdrive/modeld_fair/outputs.decode_objects, MEDMODEL pixels) against the
 ground-truth 2D boxes; lanes in the road frame (top view): a lane line is found when >= 85 % of its visible
 ground-truth points lie within lane_tol_m laterally of the predicted line (metrics.lane_counts with forward
@@ -23,77 +23,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from selfdrive.modeld_fair.classes import SEMANTIC_CLASSES
-from selfdrive.modeld_fair.model_io import LANE_X, OBJECT_SEMANTIC_IDS
+from selfdrive.modeld_fair.model_io import OBJECT_SEMANTIC_IDS
 from selfdrive.modeld_fair.outputs import decode_objects
-from tools.fair.bench.metrics import (confusion_matrix, depth_metrics, detection_ap, lane_counts, lateral_error,
-                                      segmentation_metrics)
-from tools.fair.bench.metrics.lanes import LaneCounts
 from tools.fair.data.targets import depth_grid, seg_grid
-
-LATERAL_AT = (10.0, 20.0, 40.0)   # m ahead where lateral lane error is read
+from tools.fair.val import Scores
 
 BoxesFn = Callable[[int], tuple[np.ndarray, np.ndarray]]   # sample i -> (N, 4) xyxy MEDMODEL px, (N,) semantic ids
-
-
-class _Accumulator:
-  """Running sums of every metric family over evaluated frames."""
-
-  def __init__(self):
-    self.depth_pred, self.depth_gt = [], []
-    self.conf = np.zeros((len(SEMANTIC_CLASSES),) * 2, np.int64)
-    self.det_gt, self.det_pred = [], []
-    self.lanes = LaneCounts(0, 0, 0)
-    self.lateral: list[np.ndarray] = []
-    self.n = 0
-
-  def depth(self, pred: np.ndarray, gt: np.ndarray) -> None:
-    keep = gt > 0
-    self.depth_pred.append(pred[keep])
-    self.depth_gt.append(gt[keep])
-
-  def seg(self, pred: np.ndarray, gt: np.ndarray) -> None:
-    self.conf += confusion_matrix(pred, gt, len(SEMANTIC_CLASSES))
-
-  def result(self, max_depth: float) -> dict:
-    out: dict = {"frames": self.n}
-    if self.depth_gt:
-      d = depth_metrics(np.concatenate(self.depth_pred), np.concatenate(self.depth_gt), max_depth=max_depth)
-      out |= {"depth_abs_rel": d.abs_rel, "depth_delta1": d.delta1, "depth_rmse": d.rmse, "depth_cells": d.n_valid}
-    if self.conf.any():
-      s = segmentation_metrics(self.conf)
-      out |= {"miou": s.miou, "pixel_accuracy": s.pixel_accuracy,
-              "iou": {c: float(v) for c, v in zip(SEMANTIC_CLASSES, s.iou)}}
-    if self.det_gt:
-      a = detection_ap(self.det_gt, self.det_pred)
-      out |= {"det_ap": a.ap, "det_ap50": a.ap50}
-    if self.lanes.n_gt + self.lanes.n_pred:
-      lat = np.array(self.lateral).reshape(-1, len(LATERAL_AT))
-      with np.errstate(all="ignore"):
-        per = np.nanmean(lat, 0) if lat.size else np.full(len(LATERAL_AT), np.nan)
-      out |= {"lane_f1": self.lanes.f1, "lane_precision": self.lanes.precision, "lane_recall": self.lanes.recall,
-              **{f"lane_lat_err_{int(x)}m": float(v) for x, v in zip(LATERAL_AT, per)}}
-    return out
-
-
-def _lanes(acc: _Accumulator, pred: np.ndarray, prob: np.ndarray, gt: np.ndarray, valid: np.ndarray,
-           exists: np.ndarray, tol_m: float) -> None:
-  """One frame's lanes: pred (4, 33, >=2) y, z at LANE_X with prob (4,); gt (4, 33, 2), valid (4, 33), exists (4,)."""
-  x = LANE_X.astype(np.float64)
-  has_pred = prob > 0.5
-  has_gt = (exists > 0.5) & ((valid > 0.5).sum(1) >= 2)
-  # top view: (lateral, forward) points, so that lane_point_accuracy reads the lateral offset at each distance
-  preds = [np.stack([pred[k, :, 0], x], 1) for k in np.flatnonzero(has_pred)]
-  gts = [np.stack([gt[k, valid[k] > 0.5, 0], x[valid[k] > 0.5]], 1) for k in np.flatnonzero(has_gt)]
-  acc.lanes = acc.lanes + lane_counts(preds, gts, tol_px=tol_m)
-  for k in np.flatnonzero(has_pred & has_gt):
-    v = valid[k] > 0.5
-    acc.lateral.append(lateral_error(_road(x, pred[k, :, 0]), _road(x[v], gt[k, v, 0]), LATERAL_AT))
-
-
-def _road(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-  """(N, 3) road-frame polyline of lateral offsets y at forward distances x (z unused by lateral_error)."""
-  return np.stack([x, y, np.zeros_like(x)], 1)
 
 
 def dataset_boxes(dataset) -> BoxesFn | None:
@@ -137,10 +72,10 @@ def evaluate_student(model_or_onnx, dataset, boxes: BoxesFn | None = None, batch
   """Metrics of a student (torch Student or .onnx path) on a dataset of batch-contract items (held out, no
   augmentation). Each task is scored on the items that have its targets; boxes(i) gives item i's ground-truth
   boxes (default: dataset_boxes(dataset)); detection is skipped without them. Returns a flat dict (see
-  _Accumulator.result): depth_abs_rel, depth_delta1, miou, iou, det_ap, det_ap50, lane_f1, lane_lat_err_*m."""
+  tools.fair.val.Scores.result): depth_abs_rel, depth_delta1, miou, iou, det_ap, det_ap50, lane_f1, lane_lat_err_*m."""
   run = _runner(model_or_onnx)
   boxes = boxes or dataset_boxes(dataset)
-  acc = _Accumulator()
+  acc = Scores()
   for start in range(0, len(dataset), batch):
     items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
     out = run(np.stack([np.asarray(it["img"], np.uint8) for it in items]))
@@ -155,12 +90,10 @@ def evaluate_student(model_or_onnx, dataset, boxes: BoxesFn | None = None, batch
       if gt_boxes is not None:
         objs = decode_objects(out["obj_heatmap"][j], out["obj_box"][j], out["obj_depth"][j, 0],
                               score_threshold=score_threshold, max_objects=100)
-        acc.det_gt.append(gt_boxes)
-        acc.det_pred.append((np.array([o.box for o in objs]).reshape(-1, 4), np.array([o.class_id for o in objs]),
-                             np.array([o.score for o in objs])))
+        acc.detections(*gt_boxes, [o.box for o in objs], [o.class_id for o in objs], [o.score for o in objs])
       if "lanes" in it:
-        _lanes(acc, out["lanes"][j], out["lane_prob"][j], it["lanes"], it["lane_valid"], it["lane_exists"],
-               lane_tol_m)
+        acc.lane_frame(out["lanes"][j], out["lane_prob"][j], it["lanes"], it["lane_valid"], it["lane_exists"],
+                       lane_tol_m)
   return acc.result(max_depth)
 
 
@@ -175,7 +108,7 @@ def evaluate_teachers(frames: np.ndarray, depth: np.ndarray | None = None, seman
       continue
     if gt is None or len(gt) != len(frames):
       raise ValueError(f"{name} teacher given without {len(frames)} ground-truth maps")
-    acc = _Accumulator()
+    acc = Scores()
     for start in range(0, len(frames), batch):
       out = teacher(frames[start:start + batch])
       for j in range(len(out.depth if name == "depth" else out.semantic)):
