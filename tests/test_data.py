@@ -252,7 +252,7 @@ def test_pseudo_labels_only_no_ground_truth_leak(cache, tmp_path, monkeypatch):
 
 def test_build_recipe_section_augments_the_training_cache(cache):
   from tools.fair.distill.recipe import DataSection
-  section = DataSection(train=(str(cache.root),), val=(str(cache.root),), options={"augment": "photometric"})
+  section = DataSection(train=(str(cache.root),), val=(str(cache.root),), augment="photometric")
   tr, va = build(section, "train"), build(section, "val")
   assert isinstance(tr.augment, Augment) and tr.augment.config == AugmentConfig.named("photometric")
   assert va.augment is None and len(tr) == len(va) == len(cache)
@@ -291,6 +291,15 @@ def test_detector_boxes_get_a_distance(cache, tmp_path):
     bottom = (100.5 + 0.5) * 2 - 0.5   # the box's bottom edge in MEDMODEL pixels
     assert b["obj_mask"].sum() == 1
     np.testing.assert_allclose(b["obj_depth"].max(), height * MEDMODEL.focal / (bottom - MEDMODEL.cy), rtol=1e-5)
+
+
+def test_build_recipe_section_splits_off_a_val_fraction(cache):
+  from tools.fair.distill.recipe import DataSection
+  section = DataSection(train=(str(cache.root),), val_fraction=0.5, augment="default")
+  tr, va = build(section, "train"), build(section, "val")
+  assert tr.augment is not None and va.augment is None and len(tr) + len(va) == len(cache)
+  assert not {tr.record(i).segment for i in range(len(tr))} & {va.record(i).segment for i in range(len(va))}
+  assert build(DataSection(train=(str(cache.root),)), "val") is None
 
 
 def test_build_splits_by_segment(cache):

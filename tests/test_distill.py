@@ -75,7 +75,7 @@ class SyntheticDataset(Dataset):
 
 def build_synthetic(data: DataSection, split: str) -> SyntheticDataset:
   """A data builder hook for recipes in tests ([data] builder = "test_distill:build_synthetic")."""
-  return SyntheticDataset(int(data.options.get("n", 8)), seed=0 if split == "train" else 1)
+  return SyntheticDataset(4, seed=0 if split == "train" else 1)
 
 
 def tiny_recipe(out, **optim) -> Recipe:
@@ -235,7 +235,7 @@ def test_bundled_recipes_load():
   names = {p.stem: load_recipe(p) for p in RECIPES.glob("*.toml")}
   assert {"nano_gt", "nano_distill", "dora_dinov2", "dora_sam"} <= set(names)
   sam = names["dora_sam"]
-  assert sam.dora.enabled and sam.teacher.mode == "offline"
+  assert sam.dora.enabled and sam.data.teachers == {"seg": "sam2"} and not sam.data.use_gt
   assert {k for k, v in sam.loss.weights.items() if v > 0} == {"seg", "kd_seg"}
   dino = names["dora_dinov2"]
   assert dino.teacher.mode == "online" and dino.loss.weights["feat"] > 0 and dino.loss.features
@@ -253,6 +253,12 @@ def test_bundled_recipes_load():
   ({"teacher": {"mode": "online"}}, r"online teacher needs a name"),
   ({"run": {"log": ["wandb"]}}, r"csv and/or tensorboard"),
   ({"data": {"builder": "nocolon"}}, r"module:function"),
+  ({"data": {"options": {"augment": "default"}}}, r"\[data\]: unknown key\(s\) \['options'\]"),
+  ({"data": {"augment": "strong"}}, r"\[data\] augment: must be one of none, default, photometric, geometric"),
+  ({"data": {"use_gt": False}}, r"\[data\] teachers: use_gt = false needs teachers"),
+  ({"data": {"teachers": {"depth": "dpt-depth"}}}, r"\[data\] labels: teachers need a label store"),
+  ({"data": {"val_fraction": 1.0}}, r"val_fraction: must be in \[0, 1\)"),
+  ({"teacher": {"mode": "offline"}}, r"must be none or online \(offline labels: \[data\] labels and teachers\)"),
 ])
 def test_recipe_errors(table, match):
   with pytest.raises(ValueError, match=match):
@@ -271,8 +277,8 @@ def test_recipe_file_errors(tmp_path):
 
 
 def test_data_hook():
-  ds = build_dataset(DataSection(builder="test_distill:build_synthetic", options={"n": 3}), "train")
-  assert len(ds) == 3 and ds[0]["img"].shape == (12, 128, 256) and ds[0]["img"].dtype == torch.uint8
+  ds = build_dataset(DataSection(builder="test_distill:build_synthetic"), "train")
+  assert len(ds) == 4 and ds[0]["img"].shape == (12, 128, 256) and ds[0]["img"].dtype == torch.uint8
   with pytest.raises(ValueError, match="not available"):
     build_dataset(DataSection(builder="tools.fair.no_such_module:build"), "train")
   with pytest.raises(ValueError, match="split"):
@@ -365,7 +371,7 @@ def test_cli(tmp_path, capsys):
   assert main(["train", str(bad)]) == 2
   assert "lr: must be > 0" in capsys.readouterr().err
   good = tmp_path / "good.toml"
-  good.write_text('[data]\nbuilder = "test_distill:build_synthetic"\noptions = {n = 4}\n'
+  good.write_text('[data]\nbuilder = "test_distill:build_synthetic"\n'
                   '[optim]\nbatch_size = 2\nwarmup_steps = 1\n[loss.weights]\nseg = 1.0\n')
   out = tmp_path / "run"
   assert main(["train", str(good), "--steps", "2", "--out", str(out), "--quiet"]) == 0
@@ -381,7 +387,7 @@ def test_cli(tmp_path, capsys):
 def test_cli_compare_dora_against_full(tmp_path, capsys):
   """`fair train A --compare B`: both recipes on the same data, side by side, and the markdown table."""
   from tools.fair.cli import main
-  data = '[data]\nbuilder = "test_distill:build_synthetic"\noptions = {n = 4}\n'
+  data = '[data]\nbuilder = "test_distill:build_synthetic"\n'
   common = '[optim]\nbatch_size = 2\nwarmup_steps = 1\n[loss.weights]\nseg = 1.0\n'
   full, dora = tmp_path / "full.toml", tmp_path / "dora.toml"
   full.write_text(data + common)
@@ -396,6 +402,6 @@ def test_cli_compare_dora_against_full(tmp_path, capsys):
   assert 0 < trainable["dora"] < 0.2 * trainable["full"]
   assert (out / "full" / "checkpoints").is_dir() and (out / "dora" / "checkpoints").is_dir()
   other = tmp_path / "other.toml"
-  other.write_text(data.replace("n = 4", "n = 5") + common)
+  other.write_text(data + 'augment = "default"\n' + common)
   assert main(["train", str(full), "--compare", str(other), "--steps", "1", "--out", str(tmp_path / "x")]) == 2
   assert "same [data]" in capsys.readouterr().err

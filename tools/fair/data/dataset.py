@@ -3,6 +3,7 @@ pseudo labels -> raw sample -> augmentation -> targets -> dict of torch tensors.
 
   ds = StudentDataset(FrameCache(path), labels="labels/", teachers={"depth": "dpt-depth"}, use_gt=False)
   ds = build({"cache": "cache/", "labels": None, "use_gt": True, "augment": "default"}, "train")
+  ds = build(load_recipe("recipe.toml").data, "train")
 
 use_gt=False: every target comes from the label store only (the cache's ground truth is never read).
 """
@@ -241,23 +242,30 @@ def split_indices(cache: FrameCache, split: str, val_fraction: float = 0.1, seed
 def build(config, split: str) -> StudentDataset | None:
   """The dataset of a training recipe (the distillation recipe hook calls this).
 
-  config: a mapping as below, or a recipe's [data] section (tools.fair.distill.recipe.DataSection), whose
-  `train` / `val` name one frame cache per split and whose `options` table holds the other keys.
+  config: a recipe's [data] section (tools.fair.distill.recipe.DataSection), or a mapping as below.
+  A section's `train` / `val` name one frame cache each; without `val`, a val_fraction > 0 splits the training
+  cache by segments (split_indices) and "val" is that part; without either, "val" is None.
 
-  config keys: cache (path, required); labels (store path or None); teachers ({task: teacher name}, tasks
+  mapping keys: cache (path, required); labels (store path or None); teachers ({task: teacher name}, tasks
   in TASKS); use_gt (bool, default True); augment (None / "none" / "default" / "photometric" / "geometric",
   or {"name": ..., **AugmentConfig fields}; used for "train" only); val_fraction (default 0.1); seed (0).
   split: "train", "val" or "all". Returns a StudentDataset whose items follow the batch contract.
   """
-  if not isinstance(config, Mapping):
-    paths = config.train if split == "train" else config.val
-    if not paths:
-      return None
-    if len(paths) > 1:
-      raise ValueError(f"[data] {split}: one frame cache per split, got {len(paths)}")
-    # the section names one cache per split: use all of its records, augmented when it is the training cache
-    return _build({**config.options, "cache": paths[0]}, "all", augmented=split == "train")
-  return _build(config, split, augmented=split == "train")
+  if isinstance(config, Mapping):
+    return _build(config, split, augmented=split == "train")
+  d = config
+  common = {"labels": d.labels, "teachers": dict(d.teachers), "use_gt": d.use_gt, "augment": d.augment}
+  if split == "val" and d.val:
+    paths, part = d.val, "all"
+  elif d.val_fraction > 0 and d.train:
+    paths, part = d.train, split
+  else:
+    paths, part = (d.train, "all") if split == "train" else ((), "all")
+  if not paths:
+    return None
+  if len(paths) > 1:
+    raise ValueError(f"[data] {split}: one frame cache per split, got {len(paths)}")
+  return _build({**common, "cache": paths[0], "val_fraction": d.val_fraction}, part, augmented=split == "train")
 
 
 def _build(config: Mapping, split: str, augmented: bool) -> StudentDataset:

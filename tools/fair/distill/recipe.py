@@ -18,6 +18,8 @@ from pathlib import Path
 
 from tools.fair.distill.losses import TERMS, LossConfig
 
+AUGMENTS = ("none", "default", "photometric", "geometric")   # data.augment.AugmentConfig.named
+
 
 @dataclass(frozen=True)
 class StudentSection:
@@ -27,20 +29,24 @@ class StudentSection:
 
 @dataclass(frozen=True)
 class DataSection:
-  """Where samples come from; passed as is to the builder (see build_dataset)."""
+  """Where samples come from (the default builder, tools.fair.data.dataset:build, reads every field; docs/data.md)."""
   builder: str = "tools.fair.data.dataset:build"   # "module:function" called as function(data_section, split)
-  train: tuple[str, ...] = ()              # dataset caches / label stores of the training split
-  val: tuple[str, ...] = ()
+  train: tuple[str, ...] = ()              # the frame cache of the training split (`fair cache`)
+  val: tuple[str, ...] = ()                # the validation cache; none: val_fraction of the training cache's segments
+  val_fraction: float = 0.0                # without `val`: this fraction of the training segments validates
+  labels: str | None = None                # label store (`fair label`, `fair lanes`)
+  teachers: Mapping[str, str] = field(default_factory=dict)   # task -> teacher name in the store (dataset.TASKS)
+  use_gt: bool = True                      # targets from the cache's ground truth (simulated segments)
+  augment: str = "none"                    # none | default | photometric | geometric (training split only)
   workers: int = 0                         # DataLoader worker processes
-  options: Mapping[str, typing.Any] = field(default_factory=dict)  # free-form, for the builder
 
 
 @dataclass(frozen=True)
 class TeacherSection:
-  """none: task targets only; offline: teacher outputs come in the batch; online: the teacher runs in the loop
-  on the current frame and its features are put in the batch under `key`."""
-  mode: str = "none"              # none | offline | online
-  name: str | None = None         # teacher registry name (online) or provenance (offline), e.g. "dinov2", "sam2"
+  """none: the batch holds everything the loss needs (offline teachers' labels come through [data] teachers);
+  online: the teacher runs in the loop on the current frame and its features are put in the batch under `key`."""
+  mode: str = "none"              # none | online
+  name: str | None = None         # teacher registry name, e.g. "dinov2"
   weights_dir: str | None = None
   model_id: str | None = None
   key: str = "features"           # batch key the online teacher's features go to
@@ -175,8 +181,14 @@ def _validate(r: Recipe, where: str) -> None:
          f"unknown student {r.student.config!r} (known: {', '.join(CONFIGS)})")
   _check(":" in r.data.builder, f"{where} [data] builder", f"must be 'module:function', got {r.data.builder!r}")
   _check(r.data.workers >= 0, f"{where} [data] workers", "must be >= 0")
-  _check(r.teacher.mode in ("none", "offline", "online"), f"{where} [teacher] mode",
-         f"must be none, offline or online, got {r.teacher.mode!r}")
+  _check(r.teacher.mode in ("none", "online"), f"{where} [teacher] mode",
+         f"must be none or online (offline labels: [data] labels and teachers), got {r.teacher.mode!r}")
+  _check(0 <= r.data.val_fraction < 1, f"{where} [data] val_fraction", "must be in [0, 1)")
+  _check(r.data.augment in AUGMENTS, f"{where} [data] augment",
+         f"must be one of {', '.join(AUGMENTS)}, got {r.data.augment!r}")
+  _check(r.data.use_gt or bool(r.data.teachers), f"{where} [data] teachers",
+         "use_gt = false needs teachers (the targets then come from the label store)")
+  _check(not r.data.teachers or r.data.labels is not None, f"{where} [data] labels", "teachers need a label store")
   _check(r.teacher.mode != "online" or r.teacher.name is not None, f"{where} [teacher] name",
          "an online teacher needs a name")
   lw = f"{where} [loss]"

@@ -138,12 +138,11 @@ def pseudo_label(segments, teachers: dict, store: Path) -> None:
   _log(f"labelled {report.frames} frames in {report.seconds:.0f} s ({report.fps:.1f} frames/s)")
 
 
-def recipe(name: str, preset: Preset, out: Path, caches: dict, steps: int, **options):
-  """A recipe file of tools/fair/distill/recipes with this run's data, length and output folder."""
+def recipe(name: str, preset: Preset, out: Path, caches: dict, steps: int, **data):
+  """A recipe file of tools/fair/distill/recipes with this run's data ([data] fields), length and output folder."""
   from tools.fair.distill.recipe import recipe_from_dict
   table = tomllib.loads((RECIPES / f"{name}.toml").read_text())
-  table["data"] = {**table.get("data", {}), "train": [str(caches["train"].root)], "val": [],
-                   "options": {**table.get("data", {}).get("options", {}), **options}}
+  table["data"] = {**table.get("data", {}), "train": [str(caches["train"].root)], "val": [], **data}
   warmup = min(table.get("optim", {}).get("warmup_steps", 100), max(1, steps // 10))  # short runs reach full lr
   table["optim"] = {**table.get("optim", {}), "steps": steps, "batch_size": preset.batch, "warmup_steps": warmup}
   table["run"] = {**table.get("run", {}), "out": str(out / "runs" / name), "seed": preset.seed}
