@@ -17,6 +17,7 @@ COMMANDS = {
   "export": ("tools.fair.students.export", "export a student to ONNX with its metadata"),
   "replay": ("tools.fair.replay", "run a segment through modeld_fair: rlog + overlay video + latency report"),
   "predict": ("tools.fair.predict", "run the student on images or a video of any pinhole camera: overlays + report"),
+  "compare": ("tools.fair.compare", "score openpilot's logged modelV2 / radarState beside the student's outputs"),
   "val": ("tools.fair.val", "score a student against ground truth on simulated segments: per-head tables + plots"),
   "profile": ("tools.fair.profile", "a student's params, FLOPs, bytes, ops, CPU latency and Adreno 630 estimate"),
   "label": ("tools.fair.labels.cli", "pseudo-label segments with teachers into a sharded, resumable label store"),
