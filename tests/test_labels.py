@@ -120,11 +120,12 @@ def test_label_cli_writes_shards_equal_to_direct_teacher_calls(weights, segment,
     assert e.segment == name and e.segment_path == str(segment.resolve()) and e.camera == CAM
     assert e.weights_hash == _load(e.teacher, weights).weights.sha256 and e.weights_path == str(weights / e.teacher)
     assert e.model_id is None and e.teacher_class.startswith("tools.fair.teachers.") and "fairpilot" in e.code_version
-    assert e.file == f"{e.teacher}/{name}/{e.first:06d}-{e.last:06d}.safetensors" and e.path.is_file()
+    assert e.segment_id == f"{name}@{files_mod.sha256_file(Segment(segment).rlog_path)[:12]}"
+    assert e.file == f"{e.teacher}/{e.segment_id}/{e.first:06d}-{e.last:06d}.safetensors" and e.path.is_file()
     assert e.frame_ids in ((0, 7, 8), (8, 15, 8), (16, 19, 4)) and e.final == (e.first == 16)
     assert e.sha256 == files_mod.sha256_file(e.path) and e.created.startswith("20")
     assert e.fields["frame_id"] == ("int64", (e.frame_ids[2],))
-  assert store.segments("dinov2") == [name] and store.camera("detr-panoptic", name) == CAM
+  assert store.segments("dinov2") == [e.segment_id] and store.camera("detr-panoptic", name) == CAM
 
   feats = store.read("dinov2", name)
   direct = _load("dinov2", weights)(frames)
@@ -218,7 +219,7 @@ def test_killed_run_loses_only_the_shard_in_flight(weights, segment, tmp_path):
     label_segments([segment], {"dinov2": Counting(_load("dinov2", weights), fail_at=5)}, store, _cfg(),
                    progress=False)
   assert [e.frame_ids for e in store.entries()] == [(0, 7, 8)]
-  assert [p.name for p in (store.root / "dinov2" / segment.name).iterdir()] == ["000000-000007.safetensors"]
+  assert [p.name for p in store.entries()[0].path.parent.iterdir()] == ["000000-000007.safetensors"]
   t = Counting(_load("dinov2", weights))
   label_segments([segment], {"dinov2": t}, store, _cfg(), progress=False)
   assert sum(t.frames) == 12 and len(store.read("dinov2", segment.name)["frame_id"]) == N_FRAMES

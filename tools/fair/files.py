@@ -37,3 +37,13 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
   finally:
     tmp.unlink(missing_ok=True)
   fsync_path(path.parent)
+
+
+def inside(root: str | Path, rel: str) -> Path:
+  """`root / rel` for a path read from a manifest; ValueError when it is absolute or leaves `root` (by '..' or
+  a symlink), so that a hostile manifest can make a tool read, replace or delete nothing outside its store."""
+  root = Path(root)
+  path = root / rel
+  if Path(rel).is_absolute() or not path.resolve().is_relative_to(root.resolve()):
+    raise ValueError(f"{root}: manifest path {rel!r} is outside the store")
+  return path

@@ -115,7 +115,7 @@ class StudentDataset(Dataset):
       return None
     key = (teacher, segment)
     if key not in self._loaded:
-      if segment not in self.labels.segments(teacher):
+      if not self.labels.has(teacher, segment):
         entry = None
       else:
         arrays = self.labels.read(teacher, segment)

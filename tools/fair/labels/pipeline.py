@@ -13,6 +13,8 @@ as its last batch is labelled, so a killed run loses at most the shards in fligh
 Resume: a shard in the manifest with the same weights hash, the same shard layout and a file that still
 matches its sha256 is not recomputed; a segment whose shards are all there (up to the one flagged final)
 is not even decoded. Labels from other weights of the same teacher are an error unless overwrite.
+A shard is final only when the video ended where the rlog says it does: labels of a truncated video are
+completed by the next run once the video is whole again.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from selfdrive.modeld_fair.medmodel_warp import warp_rgb, warp_tables
+from tools.fair.files import sha256_file
 from tools.fair.labels.store import Labels, LabelStore, ShardEntry, ShardInfo, concat_labels, convert
 from tools.fair.progress import progress_bar
 from tools.fair.routes import Segment
@@ -200,8 +203,9 @@ def prefetch(items: Iterable, depth: int) -> Iterator:
 class _Job:
   """One teacher's labelling of one segment: which shards it still needs, and their labels so far."""
 
-  def __init__(self, name: str, teacher, info: ShardInfo, done: set[int], cfg: LabelConfig):
+  def __init__(self, name: str, teacher, info: ShardInfo, done: set[int], cfg: LabelConfig, logged: int | None):
     self.name, self.teacher, self.info, self.done, self.cfg = name, teacher, info, done, cfg
+    self.logged = logged   # road frames the rlog logs (None: unknown)
     self.kind = teacher.input.clip
     self.ids: list[np.ndarray] = []
     self.parts: list[Labels] = []
@@ -239,7 +243,9 @@ class _Job:
       ids, frames = (np.concatenate(x) for x in zip(*self.clip))
       self._add(ids, self.teacher(frames[None]))
       self.clip = []
-    final = b.remaining <= (1 if self.kind == 2 else 0)   # a pair shard ends one frame before the video
+    # a pair shard ends one frame before the video; a video shorter than its log is truncated, not ended
+    whole = self.logged is None or int(b.ids[-1]) + 1 + b.remaining >= self.logged
+    final = b.remaining <= (1 if self.kind == 2 else 0) and whole
     entry = None
     if self.parts:
       labels = concat_labels(self.parts)
@@ -248,12 +254,24 @@ class _Job:
     return entry
 
 
-def teacher_info(name: str, teacher, segment: Segment, options: dict[str, str]) -> ShardInfo:
-  """Provenance of `teacher`'s labels of `segment` under the store name `name` (final: False)."""
+def segment_id(segment: Segment, existing: Sequence[ShardEntry] = ()) -> str:
+  """The segment's identity in a label store: its folder name and the first 12 hex digits of its rlog's
+  sha256 (folders of one name from different dongles or drives differ; a copy elsewhere keeps its id). A
+  segment labelled before ids existed (an entry whose id is its name, at this path) keeps its folder name."""
+  path = str(segment.path.resolve())
+  if any(e.segment_id == e.segment == segment.path.name and e.segment_path == path for e in existing):
+    return segment.path.name
+  return f"{segment.path.name}@{sha256_file(segment.rlog_path)[:12]}"
+
+
+def teacher_info(name: str, teacher, segment: Segment, options: dict[str, str], sid: str | None = None) -> ShardInfo:
+  """Provenance of `teacher`'s labels of `segment` under the store name `name` (final: False); sid: the
+  segment's id in the store (default: segment_id(segment))."""
   cls = type(teacher)
   w = teacher.weights
   return ShardInfo(name, f"{cls.__module__}:{cls.__qualname__}", w.sha256, str(w.path), w.model_id,
-                   code_version(teacher), segment.path.name, str(segment.path.resolve()), False, options)
+                   code_version(teacher), segment.path.name, str(segment.path.resolve()), False, options,
+                   sid or segment_id(segment))
 
 
 def check_weights(store: LabelStore, teachers: dict, overwrite: bool, options: dict | None = None) -> None:
@@ -303,13 +321,14 @@ def label_segments(segments: Sequence[str | Path], teachers: dict, store: LabelS
   bar = progress_bar(total=total, unit="frame", desc="fair label", disable=not progress, dynamic_ncols=True)
   try:
     for seg in segs:
-      jobs, complete = [], True
+      jobs, complete, sid = [], True, segment_id(seg, existing)
+      logged = seg.logged_frames("road")
       for name, t in teachers.items():
-        mine = [e for e in existing if e.teacher == name and e.segment == seg.path.name]
+        mine = [e for e in existing if e.teacher == name and e.segment_id == sid]
         done, whole = (set(), False) if cfg.overwrite else done_shards(store, mine, t, cfg)
         report.skipped_shards += len(done)
         complete &= whole
-        jobs.append(_Job(name, t, teacher_info(name, t, seg, options[name]), done, cfg))
+        jobs.append(_Job(name, t, teacher_info(name, t, seg, options[name], sid), done, cfg, logged))
       if complete:
         report.skipped_segments += 1
         bar.update(len(seg.of_type("roadEncodeIdx")))

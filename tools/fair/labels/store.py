@@ -2,7 +2,11 @@
 
 Layout under STORE/:
   manifest.json                                         {"version": 1, "shards": [entry, ...]}
-  <teacher>/<segment>/<first:06d>-<last:06d>.safetensors one shard = consecutive frames of one segment
+  <teacher>/<segment id>/<first:06d>-<last:06d>.safetensors one shard = consecutive frames of one segment
+
+A segment is known by its id (`segment_id`: the folder name plus a hash of its rlog, pipeline.segment_id), so
+two segments whose folders share a name never share labels; stores written before ids use the folder name.
+Every path a manifest names must stay inside the store (files.inside), else reading it is a ValueError.
 
 A shard holds "frame_id" (N,) int64 (the frame's index in the segment's road video, i.e. Frame.index and
 the simulator's frame number) plus the arrays of its teacher's output type (`convert`). A shard file is
@@ -29,7 +33,7 @@ import numpy as np
 import safetensors.numpy
 
 from selfdrive.modeld_fair.camera import CameraModel
-from tools.fair.files import atomic_write, sha256_file
+from tools.fair.files import atomic_write, inside, sha256_file
 from tools.fair.labels import schema
 
 VERSION = 1
@@ -83,6 +87,7 @@ class ShardEntry:
   final: bool                         # the shard ends its segment (the video had no more frames)
   path: Path                          # absolute shard path
   options: dict[str, str] = field(default_factory=dict, hash=False)   # config options (`fair label --teacher-opt`)
+  segment_id: str = ""                # the segment's identity in the store (older stores: the folder name)
 
   @property
   def first(self) -> int:
@@ -99,15 +104,16 @@ class ShardEntry:
             "segment": self.segment, "segment_path": self.segment_path, "frame_ids": list(self.frame_ids),
             "camera": {"name": c.name, "width": c.width, "height": c.height, "focal": c.focal, "cx": c.cx, "cy": c.cy},
             "fields": {k: [d, list(s)] for k, (d, s) in self.fields.items()}, "sha256": self.sha256,
-            "created": self.created, "file": self.file, "final": self.final, "options": self.options}
+            "created": self.created, "file": self.file, "final": self.final, "options": self.options,
+            "segment_id": self.segment_id}
 
   @staticmethod
   def from_json(d: dict[str, Any], root: Path) -> ShardEntry:
     return ShardEntry(d["teacher"], d["teacher_class"], d["weights_hash"], d["weights_path"], d.get("model_id"),
                       d["code_version"], d["segment"], d["segment_path"], tuple(d["frame_ids"]),
                       CameraModel(**d["camera"]), {k: (t, tuple(s)) for k, (t, s) in d["fields"].items()},
-                      d["sha256"], d["created"], d["file"], bool(d.get("final", False)), root / d["file"],
-                      dict(d.get("options", {})))
+                      d["sha256"], d["created"], d["file"], bool(d.get("final", False)), inside(root, d["file"]),
+                      dict(d.get("options", {})), d.get("segment_id", d["segment"]))
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ class ShardInfo:
   segment_path: str
   final: bool
   options: dict[str, str] = field(default_factory=dict, hash=False)   # teacher config options that made the labels
+  segment_id: str | None = None       # the segment's identity (None: its folder name)
 
 
 def shard_name(first: int, last: int) -> str:
@@ -151,15 +158,26 @@ class LabelStore:
   def entries(self) -> list[ShardEntry]:
     """Every shard in the manifest, ordered by teacher, segment and first frame."""
     out = [ShardEntry.from_json(d, self.root) for d in self._load_manifest()]
-    return sorted(out, key=lambda e: (e.teacher, e.segment, e.first))
+    return sorted(out, key=lambda e: (e.teacher, e.segment_id, e.first))
 
   def segments(self, teacher: str) -> list[str]:
-    """Names of the segments with labels from `teacher`, sorted."""
-    return sorted({e.segment for e in self.entries() if e.teacher == teacher})
+    """Ids of the segments with labels from `teacher`, sorted."""
+    return sorted({e.segment_id for e in self.entries() if e.teacher == teacher})
+
+  def has(self, teacher: str, segment: str) -> bool:
+    """Whether `teacher` labelled `segment` (an id or a folder name, as in `shards`)."""
+    return any(e.teacher == teacher and segment in (e.segment_id, e.segment) for e in self.entries())
 
   def shards(self, teacher: str, segment: str) -> list[ShardEntry]:
-    """The shards of one (teacher, segment) in frame order; ValueError when there are none."""
-    out = [e for e in self.entries() if e.teacher == teacher and e.segment == segment]
+    """The shards of one (teacher, segment) in frame order; `segment` is an id, or a folder name only one
+    labelled segment has. ValueError when there are none, or when the name is ambiguous."""
+    mine = [e for e in self.entries() if e.teacher == teacher]
+    out = [e for e in mine if e.segment_id == segment]
+    if not out:
+      out = [e for e in mine if e.segment == segment]
+      ids = sorted({e.segment_id for e in out})
+      if len(ids) > 1:
+        raise ValueError(f"segment name {segment!r} is ambiguous in {self.root}: use one of the ids {', '.join(ids)}")
     if not out:
       have = ", ".join(self.segments(teacher)) or "none"
       raise ValueError(f"no labels of teacher {teacher!r} for segment {segment!r} in {self.root} (segments: {have})")
@@ -242,7 +260,8 @@ class LabelStore:
       if len(v) != n:
         raise ValueError(f"per-frame metadata {k!r}: expected {n} items, got {len(v)}")
     first, last = int(frame_ids[0]), int(frame_ids[-1])
-    rel = Path(info.teacher) / info.segment / shard_name(first, last)
+    sid = info.segment_id or info.segment
+    rel = Path(info.teacher) / sid / shard_name(first, last)
     arrays = {"frame_id": frame_ids, **{k: np.ascontiguousarray(a) for k, a in labels.arrays.items()}}
     meta = labels.meta | labels.frame_meta
     data = safetensors.numpy.save(arrays, metadata={k: json.dumps(v) for k, v in meta.items()})
@@ -253,18 +272,19 @@ class LabelStore:
                        info.code_version, info.segment, info.segment_path, (first, last, n), labels.camera,
                        {k: (str(a.dtype), tuple(a.shape)) for k, a in arrays.items()}, hashlib.sha256(data).hexdigest(),
                        datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), rel.as_posix(),
-                       info.final, path, dict(info.options))
+                       info.final, path, dict(info.options), sid)
     with self._locked():
       kept, dropped = [], []
       for d in self._load_manifest():
-        same = d["teacher"] == info.teacher and d["segment"] == info.segment
+        inside(self.root, d["file"])   # a hostile entry stops the write before anything is replaced
+        same = d["teacher"] == info.teacher and d.get("segment_id", d["segment"]) == sid
         overlap = same and d["frame_ids"][0] <= last and d["frame_ids"][1] >= first
         (dropped if overlap else kept).append(d)
       doc = {"version": VERSION, "shards": [*kept, entry.to_json()]}
       atomic_write(self.root / MANIFEST, json.dumps(doc, indent=1).encode())
     for d in dropped:
       if d["file"] != entry.file:
-        (self.root / d["file"]).unlink(missing_ok=True)
+        inside(self.root, d["file"]).unlink(missing_ok=True)
     return entry
 
 

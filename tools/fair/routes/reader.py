@@ -449,6 +449,12 @@ class Segment:
                     "kept the first of each", SegmentWarning, stacklevel=3)
     return by_id, lens, seg
 
+  def logged_frames(self, camera: str = "road") -> int | None:
+    """How many frames of `camera` this segment's rlog logs (None without encode-index events): a video
+    that decodes to fewer is truncated."""
+    by_id, _, _ = self._encode_index(_stream(camera))
+    return len(by_id) or None
+
   def frames(self, camera: str = "road", *, thread_count: int = 1, strict: bool = True,
              reuse_buffer: bool = False) -> Iterator[Frame]:
     """Decode one camera ("road", "wide" or "qcamera") into `Frame`s with their log state.
