@@ -102,7 +102,8 @@ def test_manifest_paths_outside_the_store_are_refused(tmp_path, hostile):
   victim.write_text("keep me")
   store = LabelStore(tmp_path / "a" / "store")
   info = ShardInfo("mean", "x:Y", "0" * 64, "w", None, "v", "s", "/s", False)
-  labels = Labels({"cls": np.zeros((5, 3), np.float16)}, {}, CAM)
+  labels = Labels({"features": np.zeros((5, 3, 2, 2), np.float16), "cls": np.zeros((5, 3), np.float16)},
+                  {"layer": 0}, CAM)
   store.write(info, np.arange(5), labels)
   doc = json.loads((store.root / "manifest.json").read_text())
   doc["shards"][0]["file"] = hostile.replace("/ABS", str(tmp_path))
