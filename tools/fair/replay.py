@@ -38,6 +38,7 @@ from selfdrive.modeld_fair.nv12 import CameraFrame
 from selfdrive.modeld_fair.transport import FRAME_SERVICE, Publisher
 from tools.fair.overlay import Box, VideoSink, blend_semantic, colorize_depth, draw_boxes, draw_polylines, gt_panels, \
   label, mosaic, project_road_polyline
+from tools.fair.files import atomic_write
 from tools.fair.progress import progress_bar
 from tools.fair.routes import Frame, Segment, SegmentWarning
 from tools.fair.sim.gt import load_segment_scene, render_gt
@@ -115,6 +116,9 @@ def replay_segment(segment, out_dir, runner: Runner, *, max_frames: int | None =
   if skipped:
     warnings.warn(f"{seg.path}: {skipped} frames without a roadCameraState were not replayed", SegmentWarning,
                   stacklevel=2)
+  if not outputs:   # a destroyed rlog or a video without camera state: nothing to write over what is there
+    raise ValueError(f"{seg.path}: 0 frames replayed ({skipped} decoded frames without a roadCameraState; "
+                     "is the rlog damaged?)")
   write_rlog(out_dir / "rlog.zst", events, outputs)
   report = _report(seg, runner, times, steps, skipped, reasons, time.perf_counter() - t_start)
   write_latency(out_dir, report)
@@ -132,7 +136,7 @@ def write_rlog(path: Path, events: list, outputs: list[tuple[int, bytes]]) -> No
   merged = sorted([(ev.logMonoTime, 0, i, ev.as_builder().to_bytes()) for i, ev in enumerate(events)] +
                   [(t, 1, i, data) for i, (t, data) in enumerate(outputs)])
   data = b"".join(m[3] for m in merged)
-  path.write_bytes(zstd.ZstdCompressor(level=10, write_checksum=True).compress(data))
+  atomic_write(path, zstd.ZstdCompressor(level=10, write_checksum=True).compress(data))
 
 
 def _latency(values) -> Latency:
@@ -259,13 +263,21 @@ def publish_segment(segment, ipc_dir=None, *, rate_hz: float = 20.0, max_frames:
 
 # ---------------------------------------------------------------- command line
 
+def positive_int(text: str) -> int:
+  """argparse type: an integer >= 1."""
+  n = int(text)
+  if n < 1:
+    raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+  return n
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("segment", type=Path, help="segment folder (rlog + fcamera.hevc)")
   p.add_argument("--out", type=Path, default=None, help="folder for rlog.zst, overlay.mp4 and latency.md/json")
   p.add_argument("--runtime", choices=("tinygrad", "onnxruntime"), default="onnxruntime", help="model back end")
   p.add_argument("--model", type=Path, default=None,
                  help="model folder (default: the bundled selfdrive/modeld_fair/models)")
-  p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+  p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many frames")
   p.add_argument("--no-video", action="store_true", help="skip overlay.mp4")
   p.add_argument("--live", action="store_true", help="publish into the standalone transport instead (for a running "
                                                     "modeld_fair --source zmq)")
