@@ -20,6 +20,7 @@ COMMANDS = {
   "compare": ("tools.fair.compare", "score openpilot's logged modelV2 / radarState beside the student's outputs"),
   "val": ("tools.fair.val", "score a student against ground truth on simulated segments: per-head tables + plots"),
   "profile": ("tools.fair.profile", "a student's params, FLOPs, bytes, ops, CPU latency and Adreno 630 estimate"),
+  "cache": ("tools.fair.data.cache_cli", "decode segments once into a training frame cache (resumable)"),
   "label": ("tools.fair.labels.cli", "pseudo-label segments with teachers into a sharded, resumable label store"),
   "flow-train": ("tools.fair.flow.train", "train the unsupervised (UnSAMFlow-style) flow network on segments"),
   "lanes": ("tools.fair.lanes.cli", "lane pseudo-labels: init lane points, track them, lift to the road frame"),
@@ -40,6 +41,7 @@ EXAMPLES = {
   "predict": "fair predict photo.png --intrinsics 910,910,582,437 --height 1.22 --out /tmp/predict\n"
              "fair predict clip.mp4 --intrinsics 1000,1000,640,360 --pitch 0.02 --out /tmp/predict",
   "profile": "fair profile nano selfdrive/modeld_fair/models/student.onnx --report /tmp/profile.md",
+  "cache": f"fair cache {S} --out /tmp/cache\nfair cache SEGMENTS... --out /tmp/cache --every 2 --workers 2",
   "label": f"fair label {S} --teachers dpt-depth,detr --weights ~/weights --out /tmp/store\n"
            "fair label SEGMENTS... --teachers dinov2 --out /tmp/store --shard 1/4 --device cuda:1",
   "flow-train": f"fair flow-train {S} --out /tmp/flow --minutes 5\n"

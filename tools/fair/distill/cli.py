@@ -1,6 +1,6 @@
 """`fair train`: train / distil a student from a recipe TOML, resumable exactly.
 
-  fair train tools/fair/distill/recipes/nano_gt.toml [--resume] [--steps N] [--out DIR] [--device auto|cpu|cuda|mps]
+  fair train tools/fair/distill/recipes/nano_gt.toml [--resume] [--steps N] [--batch-size B] [--out DIR] [--device auto|cpu|cuda|mps]
   fair train recipes/nano_distill.toml --compare recipes/dora_dinov2.toml   # DoRA vs full table, same data
 
 Bad recipes exit with status 2 and one line naming the file, section and key.
@@ -76,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("config", help="recipe TOML (tools/fair/distill/recipes/*.toml)")
   p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in the run folder")
   p.add_argument("--steps", type=int, help="train for N optimizer steps in all (overrides [optim] epochs / steps)")
+  p.add_argument("--batch-size", type=int, help="samples per micro-batch (overrides [optim] batch_size)")
   p.add_argument("--out", help="run folder (overrides [run] out)")
   add_device_argument(p)
   p.add_argument("--compare", metavar="CONFIG",
@@ -86,9 +87,11 @@ def run(a: argparse.Namespace) -> int:
   """`fair train`."""
   if a.steps is not None and a.steps < 1:
     raise ValueError(f"--steps must be >= 1, got {a.steps}")
-  recipes = [with_overrides(load_recipe(a.config), a.out, a.steps)]
+  if a.batch_size is not None and a.batch_size < 1:
+    raise ValueError(f"--batch-size must be >= 1, got {a.batch_size}")
+  recipes = [with_overrides(load_recipe(a.config), a.out, a.steps, a.batch_size)]
   if a.compare:
-    other = with_overrides(load_recipe(a.compare), None, a.steps)
+    other = with_overrides(load_recipe(a.compare), None, a.steps, a.batch_size)
     if a.out:  # side by side in the given folder
       recipes[0] = replace(recipes[0], run=replace(recipes[0].run, out=str(Path(a.out) / recipes[0].name)))
       other = replace(other, run=replace(other.run, out=str(Path(a.out) / other.name)))

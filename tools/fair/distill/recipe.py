@@ -226,12 +226,15 @@ def _validate(r: Recipe, where: str) -> None:
   _check(u.best_mode in ("min", "max"), f"{uw} best_mode", "must be 'min' or 'max'")
 
 
-def with_overrides(r: Recipe, out: str | None = None, steps: int | None = None) -> Recipe:
-  """The recipe with the command line's --out / --steps applied."""
+def with_overrides(r: Recipe, out: str | None = None, steps: int | None = None,
+                   batch_size: int | None = None) -> Recipe:
+  """The recipe with the command line's --out / --steps / --batch-size applied."""
   if out is not None:
     r = replace(r, run=replace(r.run, out=out))
   if steps is not None:
     r = replace(r, optim=replace(r.optim, steps=steps))
+  if batch_size is not None:
+    r = replace(r, optim=replace(r.optim, batch_size=batch_size))
   return r
 
 
