@@ -40,6 +40,8 @@ EXAMPLES = {
             "--ref data/replay_refs/fairsim-tici-cut_in-s1--0.npz",
   "predict": "fair predict photo.png --intrinsics 910,910,582,437 --height 1.22 --out /tmp/predict\n"
              "fair predict clip.mp4 --intrinsics 1000,1000,640,360 --pitch 0.02 --out /tmp/predict",
+  "val": f"fair val selfdrive/modeld_fair/models {S} --out /tmp/val --stride 10",
+  "compare": f"fair replay {S} --out /tmp/r --no-video\nfair compare /tmp/r --out /tmp/compare",
   "profile": "fair profile nano selfdrive/modeld_fair/models/student.onnx --report /tmp/profile.md",
   "cache": f"fair cache {S} --out /tmp/cache\nfair cache SEGMENTS... --out /tmp/cache --every 2 --workers 2",
   "label": f"fair label {S} --teachers dpt-depth,detr --weights ~/weights --out /tmp/store\n"
