@@ -1,6 +1,6 @@
 """`fair train`: train / distil a student from a recipe TOML, resumable exactly.
 
-  fair train tools/fair/distill/recipes/nano_gt.toml [--resume] [--steps N] [--batch-size B] [--out DIR] [--device auto|cpu|cuda|mps]
+  fair train tools/fair/distill/recipes/nano_gt.toml [--resume | --restart] [--steps N] [--batch-size B] [--out DIR] [--device auto|cpu|cuda|mps]
   fair train recipes/nano_distill.toml --compare recipes/dora_dinov2.toml   # DoRA vs full table, same data
 
 Bad recipes exit with status 2 and one line naming the file, section and key.
@@ -8,6 +8,7 @@ Bad recipes exit with status 2 and one line naming the file, section and key.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,9 +19,16 @@ from tools.fair.distill.trainer import DistillationTrainer, FitResult, build_mod
 
 
 def train_recipe(recipe: Recipe, device: str = "cpu", resume: bool = False, progress: bool = True,
-                 evaluate=None, max_steps: int | None = None) -> FitResult:
+                 evaluate=None, max_steps: int | None = None, restart: bool = False) -> FitResult:
   """Build the recipe's data (the [data] builder hook), teacher (online mode), model and trainer, then fit.
-  Refuses to start over a run folder that has checkpoints unless `resume`."""
+  Refuses to start over a run folder that has checkpoints unless `resume`; a resume that finds only corrupt
+  checkpoints is an error. `restart` starts the run over: its checkpoints, best/ and logs are deleted first."""
+  if restart:
+    out = Path(recipe.run.out)
+    for d in ("checkpoints", "best"):
+      shutil.rmtree(out / d, ignore_errors=True)
+    for f in ("train.csv", "val.csv"):
+      (out / f).unlink(missing_ok=True)
   device = str(resolve_device(device))
   train_ds = build_dataset(recipe.data, "train")
   val_ds = build_dataset(recipe.data, "val")  # None or empty: no validation (then no best/)
@@ -35,7 +43,7 @@ def train_recipe(recipe: Recipe, device: str = "cpu", resume: bool = False, prog
     if not trainer.resume():
       print(f"{recipe.run.out}: no checkpoint to resume, starting from step 0")
   elif trainer.ckpt.list():
-    raise ValueError(f"{recipe.run.out} already holds checkpoints: pass --resume, or a new --out")
+    raise ValueError(f"{recipe.run.out} already holds checkpoints: pass --resume, --restart, or a new --out")
   return trainer.fit(max_steps)
 
 
@@ -74,7 +82,11 @@ def summarize(recipe: Recipe, result: FitResult) -> RunSummary:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("config", help="recipe TOML (tools/fair/distill/recipes/*.toml)")
-  p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in the run folder")
+  how = p.add_mutually_exclusive_group()
+  how.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in the run folder "
+                   "(an error when it holds checkpoints but none is valid)")
+  how.add_argument("--restart", action="store_true",
+                   help="start the run over: delete the run folder's checkpoints, best/, train.csv and val.csv first")
   p.add_argument("--steps", type=int, help="train for N optimizer steps in all (overrides [optim] epochs / steps)")
   p.add_argument("--batch-size", type=int, help="samples per micro-batch (overrides [optim] batch_size)")
   p.add_argument("--out", help="run folder (overrides [run] out)")
@@ -100,7 +112,7 @@ def run(a: argparse.Namespace) -> int:
     recipes.append(other)
   rows = []
   for r in recipes:
-    res = train_recipe(r, a.device, a.resume, progress=not a.quiet)
+    res = train_recipe(r, a.device, a.resume, progress=not a.quiet, restart=a.restart)
     best = f"{res.best_metric} {res.best_value:.4f} at step {res.best_step}" if res.best_value is not None else "none"
     print(f"{r.name}: {res.step} steps ({res.steps_per_s:.2f} steps/s), {res.trainable_params:,} trainable params; "
           f"best {best}")

@@ -9,6 +9,7 @@ section and the key. Relative paths are relative to the working directory (the r
 from __future__ import annotations
 
 import importlib
+import math
 import tomllib
 import types
 import typing
@@ -175,8 +176,22 @@ def _check(ok: bool, where: str, msg: str) -> None:
     raise ValueError(f"{where}: {msg}")
 
 
+def _finite(obj, where: str) -> None:
+  """Every float of a recipe section (and of its tables) must be finite: inf / NaN would train on NaN."""
+  for f in fields(obj):
+    v = getattr(obj, f.name)
+    items = v.items() if isinstance(v, Mapping) else [(None, v)]
+    for k, x in items:
+      _check(not isinstance(x, float) or math.isfinite(x), f"{where} {f.name}" + (f".{k}" if k else ""),
+             f"must be finite, got {x}")
+
+
 def _validate(r: Recipe, where: str) -> None:
   from tools.fair.students.efficientvit import CONFIGS
+  for f in fields(r):
+    section = getattr(r, f.name)
+    if hasattr(section, "__dataclass_fields__"):
+      _finite(section, f"{where} [{f.name}]")
   _check(r.student.config in CONFIGS, f"{where} [student] config",
          f"unknown student {r.student.config!r} (known: {', '.join(CONFIGS)})")
   _check(":" in r.data.builder, f"{where} [data] builder", f"must be 'module:function', got {r.data.builder!r}")

@@ -378,6 +378,9 @@ class DistillationTrainer:
       loader = self._loader(todo, self.train_ds, r.seed * 1_000_003 + self.epoch * 100_003 + self.batch_in_epoch)
       for batch in loader:
         res = self._forward(self._to_device(batch))
+        if not torch.isfinite(res.total.detach()):   # stop before NaN reaches the weights or a checkpoint
+          raise FloatingPointError(f"non-finite loss at step {self.step + 1} ({res.terms}): lower the learning rate "
+                                   f"or the loss weights; the last checkpoint in {self.ckpt.dir} holds finite weights")
         self.scaler.scale(res.total / o.accumulate).backward()
         self._record(batch["index"], res.per_sample)
         for k, v in {"loss": float(res.total.detach()), **res.terms}.items():
@@ -467,6 +470,7 @@ class DistillationTrainer:
     if "csv" in r.log:
       if self.val_log is None:
         self.val_log = CsvLog(self.out / "val.csv", ["step", "epoch", *sorted(metrics)])
+      self.val_log.truncate_after(self.step - 1)   # a resumed run validates again a step validated before a kill
       self.val_log.write({"step": self.step, "epoch": self.epoch, **metrics})
     if self.tb is not None:
       for k, v in metrics.items():
@@ -515,9 +519,13 @@ class DistillationTrainer:
                           {"epoch": self.epoch, "recipe": self.recipe.name})
 
   def resume(self) -> bool:
-    """Restore the newest valid checkpoint in the run folder; False when there is none."""
+    """Restore the newest valid checkpoint in the run folder; False when there is none; ValueError when there are
+    checkpoints but none is valid (starting over would replace best/ and the logs of the run)."""
     ckpt = self.ckpt.latest()
     if ckpt is None:
+      if self.ckpt.list():
+        raise ValueError(f"{self.ckpt.dir}: no valid checkpoint to resume ({len(self.ckpt.list())} corrupt or "
+                         "partial): pass --restart to start the run over (its logs and best/ are replaced)")
       return False
     model_state, state = self.ckpt.load(ckpt)  # on CPU: RNG states must stay CPU tensors
     self.model.load_state_dict(model_state)
