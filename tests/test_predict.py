@@ -10,6 +10,7 @@ import pytest
 
 from selfdrive.modeld_fair.nv12 import rgb_to_nv12
 from tools.fair.cli import main
+from tools.fair.overlay import KEY_H
 from tools.fair.predict import Pinhole, camera_view
 
 # CI keeps the shared data folder beside the clone; FAIRPILOT_SHARED points elsewhere
@@ -46,7 +47,7 @@ def test_odd_sized_images_run(tmp_path, capsys):
   assert all(np.isfinite(f["median_depth_m"]) and len(f["lane_probs"]) == 4 for f in frames)
   pngs = sorted(out.glob("*.png"))
   assert [p.name for p in pngs] == ["0000_1242x375.png", "0001_641x481.png"]
-  assert cv2.imread(str(pngs[0])).shape == (768, 512, 3)  # three model-frame panels
+  assert cv2.imread(str(pngs[0])).shape == (768 + 3 * KEY_H, 512, 3)  # three model-frame panels + header and keys
   assert "| 1242x375 | 1242x375 | none |" in capsys.readouterr().out
 
 
@@ -113,4 +114,4 @@ def test_real_frames(tmp_path):
   assert [f["size"] for f in frames] == [[1164, 874], [892, 307], [895, 315]]
   assert all(f["valid"] and 0.5 < f["median_depth_m"] < 300 for f in frames)
   for png in [*comma.glob("*.png"), *dash.glob("*.png")]:
-    assert cv2.imread(str(png))[:256].std() > 10  # the warped frame is there, not a blank panel
+    assert cv2.imread(str(png))[KEY_H:KEY_H + 256].std() > 10  # the warped frame is there, not a blank panel

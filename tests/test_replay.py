@@ -12,6 +12,7 @@ from selfdrive.modeld_fair import modeld_fair
 from selfdrive.modeld_fair.sources import OUTPUT_SERVICE
 from tools.fair import replay
 from tools.fair.cli import main
+from tools.fair.overlay import KEY_H
 from tools.fair.routes import Segment
 from tools.fair.sim.cli import write_segment
 from tools.fair.sim.world import make_scene
@@ -47,7 +48,8 @@ def test_replay_writes_rlog_overlay_and_latency(segment, tmp_path):
 
   with av.open(str(tmp_path / "overlay.mp4")) as c:
     frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-  assert len(frames) == N_FRAMES and frames[0].shape == (768, 1024, 3)  # model | ground truth, 3 rows
+  # model | ground truth, 3 rows, a header strip above, the class legend and depth colour bar below
+  assert len(frames) == N_FRAMES and frames[0].shape == (768 + 3 * KEY_H, 1024, 3)
   assert frames[0].std() > 10
 
   data = json.loads((tmp_path / "latency.json").read_text())

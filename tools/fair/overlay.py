@@ -93,6 +93,55 @@ def mosaic(panels: list[np.ndarray], columns: int = 2) -> np.ndarray:
   return out
 
 
+KEY_H = 28  # pixels of each header / legend / colour-bar strip (even: H.264 needs even frame sizes)
+DEPTH_TICKS_M = (2, 5, 10, 20, 50, 100)
+
+
+def _strip(width: int) -> np.ndarray:
+  return np.full((KEY_H, width, 3), 32, np.uint8)
+
+
+def _text(img: np.ndarray, text: str, x: int, y: int, scale: float = 0.45) -> None:
+  cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def header_strip(titles: list[str], width: int) -> np.ndarray:
+  """Titles centred over equal-width columns (e.g. MODEL | GROUND TRUTH)."""
+  out, w = _strip(width), width // len(titles)
+  for i, t in enumerate(titles):
+    (tw, _), _ = cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 2)
+    cv2.putText(out, t, (i * w + (w - tw) // 2, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+  return out
+
+
+def class_legend(width: int) -> np.ndarray:
+  """A colour swatch and the name of every semantic class, in class-id order."""
+  out, w = _strip(width), width // len(SEMANTIC_CLASSES)
+  for i, (name, color) in enumerate(zip(SEMANTIC_CLASSES, CLASS_COLORS)):
+    cv2.rectangle(out, (i * w + 3, 7), (i * w + 15, 19), tuple(int(c) for c in color), -1)
+    _text(out, name.replace("_", " "), i * w + 18, 18, 0.33)
+  return out
+
+
+def depth_colorbar(width: int, min_depth: float = 2.0, max_depth: float = 100.0) -> np.ndarray:
+  """colorize_depth's log scale as a bar with metre ticks (drawn by colorize_depth itself)."""
+  out = _strip(width)
+  x0, x1 = 40, width - 24
+  d = np.exp(np.linspace(np.log(min_depth), np.log(max_depth), x1 - x0))
+  out[3:13, x0:x1] = colorize_depth(d[None, :])
+  _text(out, "depth", 2, 12, 0.33)
+  for t in DEPTH_TICKS_M:
+    x = x0 + int(round((np.log(t) - np.log(min_depth)) / (np.log(max_depth) - np.log(min_depth)) * (x1 - x0 - 1)))
+    _text(out, f"{t} m", min(max(x - 8, 0), width - 36), 25, 0.33)
+  return out
+
+
+def with_key(image: np.ndarray, titles: list[str]) -> np.ndarray:
+  """A mosaic with column headers above and the class legend and depth colour bar below."""
+  w = image.shape[1]
+  return np.concatenate([header_strip(titles, w), image, class_legend(w), depth_colorbar(w)])
+
+
 def flow_to_rgb(flow: np.ndarray, valid: np.ndarray | None = None, max_mag: float | None = None) -> np.ndarray:
   """Optical flow (H, W, 2) to RGB: hue is direction, brightness magnitude; invalid pixels black."""
   mag, ang = cv2.cartToPolar(flow[..., 0].astype(np.float32), flow[..., 1].astype(np.float32))
@@ -189,7 +238,7 @@ def inspect_segment(segment_dir, out, with_gt: bool = False, frame: str = "model
         image = cv2.resize(f.rgb(), (view.width, view.height), interpolation=cv2.INTER_AREA)
       if with_gt:
         gt = render_gt(seg.path, f.index, frame=frame, size=(view.width, view.height))
-        sink.write(mosaic(gt_panels(image, gt, height)))
+        sink.write(with_key(mosaic(gt_panels(image, gt, height)), ["GROUND TRUTH"]))
       else:
         sink.write(label(image, f"frame {f.frame_id}"))
   finally:

@@ -26,7 +26,7 @@ from selfdrive.modeld_fair.nv12 import rgb_to_nv12
 from selfdrive.modeld_fair.outputs import check_finite, check_shapes, decode_outputs
 from selfdrive.modeld_fair.runner import Runner, make_runner
 from tools.fair.files import atomic_write
-from tools.fair.overlay import mosaic
+from tools.fair.overlay import mosaic, with_key
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".hevc", ".h264", ".ts", ".webm")
 
@@ -124,7 +124,7 @@ def predict(paths: list[Path], k: Pinhole, runner: Runner, out_dir: Path, *, hei
       decode_outputs(raw)
     out.frame_id = i
     panels = prediction_panels(warp_rgb(buf, tables[cam][1]), out, height)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(mosaic(panels, columns=1), cv2.COLOR_RGB2BGR))
+    ok, png = cv2.imencode(".png", cv2.cvtColor(with_key(mosaic(panels, columns=1), ["MODEL"]), cv2.COLOR_RGB2BGR))
     atomic_write(out_dir / f"{i:04d}_{name}.png", png.tobytes())
     reports.append(_frame_report(name, (rgb.shape[1], rgb.shape[0]), out))
   if not reports:

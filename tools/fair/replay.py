@@ -37,7 +37,7 @@ from selfdrive.modeld_fair.sources import INPUT_SERVICES, OUTPUT_SERVICE, Direct
 from selfdrive.modeld_fair.nv12 import CameraFrame
 from selfdrive.modeld_fair.transport import FRAME_SERVICE, Publisher
 from tools.fair.overlay import Box, VideoSink, blend_semantic, colorize_depth, draw_boxes, draw_polylines, gt_panels, \
-  label, mosaic, project_road_polyline
+  label, mosaic, project_road_polyline, with_key
 from tools.fair.files import atomic_write
 from tools.fair.progress import progress_bar
 from tools.fair.routes import Frame, Segment, SegmentWarning
@@ -187,11 +187,11 @@ class _Overlay:
       out = from_event(ev)
     panels = prediction_panels(image, out, inputs.camera_height or DEFAULT_CAMERA_HEIGHT)
     if self.gt_height is None:
-      self.sink.write(mosaic(panels, columns=1))
+      self.sink.write(with_key(mosaic(panels, columns=1), ["MODEL"]))
       return
     gt = gt_panels(image, render_gt(self.seg.path, f.index, frame="model", size=(MEDMODEL.width, MEDMODEL.height)),
                    self.gt_height)[:3]
-    self.sink.write(mosaic([p for pair in zip(panels, gt) for p in pair], columns=2))  # model | ground truth
+    self.sink.write(with_key(mosaic([p for pair in zip(panels, gt) for p in pair], columns=2), ["MODEL", "GROUND TRUTH"]))
 
   def close(self) -> None:
     self.sink.close()
