@@ -14,7 +14,7 @@ COMMANDS = {
   "sim": ("tools.fair.sim.cli", "generate a driving segment with exact ground truth"),
   "inspect": ("tools.fair.overlay", "render a segment's frames with overlays to PNG/MP4"),
   "demo": ("tools.fair.demo", "run the main job on the bundled sample segments"),
-  "export": ("tools.fair.students.export", "export a student to ONNX with its metadata"),
+  "export": ("tools.fair.export.cli", "export a training run's student: onnx, onnx-fp16, onnx-int8, tinygrad, tensorrt"),
   "replay": ("tools.fair.replay", "run a segment through modeld_fair: rlog + overlay video + latency report"),
   "predict": ("tools.fair.predict", "run the student on images or a video of any pinhole camera: overlays + report"),
   "compare": ("tools.fair.compare", "score openpilot's logged modelV2 / radarState beside the student's outputs"),

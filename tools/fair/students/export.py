@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from selfdrive.modeld_fair.model_io import INPUT_DTYPE, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAMES, OUTPUTS
-from tools.fair.files import sha256_file
+from tools.fair.files import atomic_write, sha256_file
 from tools.fair.students.efficientvit import StudentConfig, build_student, fold_bn, student_config
 from tools.fair.students.stats import model_stats
 
@@ -98,8 +98,10 @@ def model_id(cfg: StudentConfig, seed: int, trained: bool) -> str:
   return f"fairpilot-student-{cfg.name}-{'trained' if trained else 'random-init'}-seed{seed}"
 
 
-def _metadata(model: nn.Module, cfg: StudentConfig, out: Path, model_id_: str, trained: bool, provenance: dict) -> dict:
-  """Write `<out stem>.json` beside the exported ONNX; returns the metadata as written."""
+def write_metadata(model: nn.Module, cfg: StudentConfig, out: Path, model_id_: str, trained: bool, provenance: dict,
+                   extra: dict | None = None) -> dict:
+  """Write `<out stem>.json` beside the exported ONNX (atomically; `extra` keys added at the top level);
+  returns the metadata as written."""
   stats = model_stats(model)
   meta = {
     "model_id": model_id_,
@@ -114,11 +116,10 @@ def _metadata(model: nn.Module, cfg: StudentConfig, out: Path, model_id_: str, t
                 for k, (shape, meaning) in OUTPUTS.items()],
     "params": stats.params,
     "flops": stats.flops,
+    **(extra or {}),
   }
   text = json.dumps(meta, indent=2, default=float) + "\n"
-  tmp = out.with_name(f".{out.stem}.json.partial")
-  tmp.write_text(text)
-  tmp.replace(out.with_suffix(".json"))
+  atomic_write(out.with_suffix(".json"), text)
   return json.loads(text)  # as written (tuples become lists)
 
 
@@ -131,7 +132,7 @@ def export_student(name: str, seed: int, out: str | Path, opset: int = 17) -> di
   out = export_onnx(model, out, opset)
   command = (f"python -m tools.fair.students.export --config {name} --seed {seed} --out {out}"
              + (f" --opset {opset}" if opset != 17 else ""))
-  return _metadata(model, cfg, out, model_id(cfg, seed, trained=False), False,
+  return write_metadata(model, cfg, out, model_id(cfg, seed, trained=False), False,
                    {"seed": seed, "command": command, "onnx_opset": opset})
 
 
@@ -140,7 +141,7 @@ def export_trained(model: nn.Module, out: str | Path, provenance: dict, seed: in
   `provenance` (e.g. the training command and held-out metrics) goes into the metadata."""
   cfg = model.cfg
   out = export_onnx(model, out, opset)
-  return _metadata(model, cfg, out, model_id(cfg, seed, trained=True), True,
+  return write_metadata(model, cfg, out, model_id(cfg, seed, trained=True), True,
                    {"seed": seed, "onnx_opset": opset, **provenance})
 
 
