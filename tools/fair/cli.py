@@ -35,7 +35,8 @@ EXAMPLES = {
   "sim": "fair sim --out /tmp/segs --seconds 10 --seed 1 --camera mici --scenario cut_in",
   "inspect": f"fair inspect {S} --gt --out /tmp/inspect.mp4\nfair inspect {S} --out /tmp/frames --max-frames 5",
   "demo": "fair demo\nfair demo --runtime tinygrad --max-frames 20",
-  "export": "fair export --config nano --out /tmp/student.onnx",
+  "export": "fair export runs/nano --format onnx-int8 --real road_photos/\n"
+            "fair export runs/nano --format tinygrad --device CPU --half",
   "replay": f"fair replay {S} --out /tmp/replay\nfair replay {S} --no-video --max-frames 10 "
             "--ref data/replay_refs/fairsim-tici-cut_in-s1--0.npz",
   "predict": "fair predict photo.png --intrinsics 910,910,582,437 --height 1.22 --out /tmp/predict\n"

@@ -1,16 +1,10 @@
-"""Export a student to the daemon's ONNX (the model_io contract) and its `student.json` metadata.
-
-  python -m tools.fair.students.export --config nano --seed 0 --out selfdrive/modeld_fair/models/student.onnx
-
-For now students are exported randomly initialised (`trained: false` in the metadata, "random-init" in
-the model id); the distillation trainer will export trained checkpoints through the same functions.
-"""
+"""A student to the daemon's ONNX (the model_io contract) and its `student.json` metadata: the functions that
+`fair export` (tools/fair/export/cli.py, from a training run's checkpoint) and the tests build on.
+`export_student` writes a random-initialised student (`trained: false`, "random-init" in the model id)."""
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import logging
 import warnings
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -130,8 +124,7 @@ def export_student(name: str, seed: int, out: str | Path, opset: int = 17) -> di
   torch.manual_seed(seed)  # the whole init depends on this seed only: same seed, same weights
   model = build_student(cfg).eval()
   out = export_onnx(model, out, opset)
-  command = (f"python -m tools.fair.students.export --config {name} --seed {seed} --out {out}"
-             + (f" --opset {opset}" if opset != 17 else ""))
+  command = f"tools.fair.students.export.export_student({name!r}, {seed}, {str(out)!r}, opset={opset})"
   return write_metadata(model, cfg, out, model_id(cfg, seed, trained=False), False,
                    {"seed": seed, "command": command, "onnx_opset": opset})
 
@@ -143,32 +136,3 @@ def export_trained(model: nn.Module, out: str | Path, provenance: dict, seed: in
   out = export_onnx(model, out, opset)
   return write_metadata(model, cfg, out, model_id(cfg, seed, trained=True), True,
                    {"seed": seed, "onnx_opset": opset, **provenance})
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--config", default="nano", help="student size: nano | small")
-  p.add_argument("--seed", type=int, default=0, help="torch seed of the random initialisation")
-  p.add_argument("--out", default="selfdrive/modeld_fair/models/student.onnx", help="ONNX path (.json metadata beside)")
-  p.add_argument("--opset", type=int, default=17)
-
-
-def run(a: argparse.Namespace) -> int:
-  """`fair export`: export a (random-initialised) student to ONNX + metadata; trained checkpoints
-  arrive with the distillation issue."""
-  torch.set_num_threads(1)
-  for name in ("torch.onnx", "onnxscript"):  # notices such as the opset 18 -> 17 conversion
-    logging.getLogger(name).setLevel(logging.ERROR)
-  meta = export_student(a.config, a.seed, a.out, a.opset)
-  print(f"{a.out}: {meta['model_id']}, {meta['params'] / 1e6:.2f} M params, {meta['flops'] / 1e9:.3f} GFLOPs, "
-        f"sha256 {meta['sha256'][:16]}...")
-  return 0
-
-
-def main(argv: list[str] | None = None) -> None:
-  p = argparse.ArgumentParser(prog="python -m tools.fair.students.export", description=__doc__.splitlines()[0])
-  add_arguments(p)
-  run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-  main()
