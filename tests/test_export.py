@@ -12,7 +12,7 @@ from selfdrive.modeld_fair.runner import OnnxRuntimeRunner
 from tools.fair.distill.checkpoint import CheckpointManager
 from tools.fair.export import cli
 from tools.fair.export.frames import image_inputs, segment_inputs
-from tools.fair.export.precision import float_nodes, to_fp16, to_int8
+from tools.fair.export.precision import attention_nodes, float_nodes, to_fp16, to_int8
 from tools.fair.export.tensorrt import check_graph, trt_graph
 from tools.fair.files import sha256_file
 from tools.fair.samples import sample_paths
@@ -104,6 +104,9 @@ def test_int8_is_qdq_keeps_output_layers_float_and_agrees(tmp_path, generated):
   kept = [n for n in m.graph.node if n.name in keep]
   tails = [n for n in kept if n.op_type in ("Exp", "Sigmoid", "Add")]  # depth / heatmap / lane_prob tails
   assert tails and not any(set(n.output) & q_in for n in tails)  # their results are never requantized
+  att = [n for n in m.graph.node if n.name in set(attention_nodes(onnx.load(str(BUNDLED))))]
+  assert {"MatMul", "Div", "ReduceSum"} <= {n.op_type for n in att} and "Conv" not in {n.op_type for n in att}
+  assert not any(set(n.output) & q_in for n in att if n.op_type in ("MatMul", "Div"))  # attention stays float
   assert q.stat().st_size < BUNDLED.stat().st_size / 3
   checks = cli.compare(cli.runner_outputs(OnnxRuntimeRunner(q), generated),
                        cli.runner_outputs(OnnxRuntimeRunner(BUNDLED), generated), cli.GATES["int8"])

@@ -1,16 +1,21 @@
 """FP16 and INT8 (QDQ) conversions of the FP32 student ONNX, both keeping the uint8 input and float32 outputs of
 the model_io contract so every runner loads them unchanged.
 
-INT8 keeps in float what 8 bits cannot carry (`float_nodes`): every dense head's last Conv and the activations
-after each head's last Conv/Gemm. The depth heads map a sigmoid to log-depth over [0.5, 300] m, so 256 levels there are 2.5 % steps in
-metres (the goal is 1 %); box sizes and lane offsets are regressions in pixels / metres with long tails. Those
-convs are < 1 % of the FLOPs and weights. The global head's Gemms (lanes, lane_prob, ego) hold a fifth of all
-weights: they are quantized (per output channel) and only their outputs stay float; keeping them float was measured
-to give no better lanes / ego agreement for 2.1x instead of 3x smaller files.
-Weights are symmetric int8 per output channel. Activations are asymmetric uint8 by default (ReLU outputs are
-non-negative: a symmetric int8 scale wastes half its levels; measured on the bundled nano, lanes / ego cosine to
-FP32 0.96 vs 0.92); `symmetric=True` gives int8 activations with zero point 0, which TensorRT's QuantizeLinear
-requires (biases then stay float: TensorRT dequantizes only int8).
+INT8 keeps in float what 8 bits cannot carry (`float_nodes`, each choice measured per node in
+docs/benchmarks/precision.md):
+- the linear attention cores (`attention_nodes`: ReLU kernels, the K^T V MatMuls, the normaliser's ReduceSum and the
+  Div, from the qkv convs' outputs to the projection conv's input). A ratio of two quantized sums is where 8 bits
+  break: with them quantized, the attention output of the last stage has an SQNR of -7 dB against FP32 (it is
+  noise) and held-out depth AbsRel moves +5.8 %; kept float, +0.6 %. They are < 1 % of the FLOPs and hold no weights.
+- every dense head's last Conv and the activations after each head's last Conv/Gemm. The depth heads map a sigmoid
+  to log-depth over [0.5, 300] m, so 256 levels there are 2.5 % steps in metres (the goal is 1 %); box sizes and
+  lane offsets are regressions in pixels / metres with long tails. Those convs are < 1 % of the FLOPs and weights.
+  The global head's Gemms (lanes, lane_prob, ego) are quantized and only their outputs stay float.
+Activations are asymmetric uint8 by default (ReLU outputs are non-negative: a symmetric int8 scale wastes half its
+levels); `symmetric=True` gives int8 activations with zero point 0, which TensorRT's QuantizeLinear requires
+(biases then stay float: TensorRT dequantizes only int8). Weights are symmetric int8, per tensor by default
+(per output channel measured no more accurate on the bundled student, and 8 % larger); `per_channel=True` for
+students where it is.
 """
 from __future__ import annotations
 
@@ -34,10 +39,33 @@ def to_fp16(src: Path, dst: Path) -> Path:
   return dst
 
 
+def _consumers(m: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+  out: dict[str, list[onnx.NodeProto]] = {}
+  for n in m.graph.node:
+    for i in n.input:
+      out.setdefault(i, []).append(n)
+  return out
+
+
+def attention_nodes(m: onnx.ModelProto) -> list[str]:
+  """Names of the linear attention cores: every node joined to a MatMul through nodes other than Conv/Gemm."""
+  producer, consumers = {o: n for n in m.graph.node for o in n.output}, _consumers(m)
+  keep: set[str] = set()
+  stack = [n for n in m.graph.node if n.op_type == "MatMul"]
+  while stack:
+    n = stack.pop()
+    if n.name in keep or n.op_type in ("Conv", "Gemm"):
+      continue
+    keep.add(n.name)
+    stack += [producer[i] for i in n.input if i in producer] + [c for o in n.output for c in consumers.get(o, [])]
+  return sorted(keep)
+
+
 def float_nodes(m: onnx.ModelProto) -> list[str]:
-  """Names of the nodes from each output back to its first Conv/Gemm/MatMul, that node included when a Conv."""
+  """The nodes INT8 keeps in float: the attention cores and, from each output back to its first Conv/Gemm/MatMul,
+  every node (that one included when a Conv)."""
   producer = {o: n for n in m.graph.node for o in n.output}
-  keep: list[str] = []
+  keep: list[str] = attention_nodes(m)
   for out in OUTPUT_NAMES:
     stack = [producer[out]]
     while stack:
@@ -68,8 +96,9 @@ class _Frames:
     self.i = 0
 
 
-def to_int8(src: Path, dst: Path, frames: np.ndarray, method: str, symmetric: bool = False) -> Path:
-  """Static QDQ INT8 of `src` (per-channel weights), calibrated with `method` on `frames`."""
+def to_int8(src: Path, dst: Path, frames: np.ndarray, method: str, symmetric: bool = False,
+            per_channel: bool = False) -> Path:
+  """Static QDQ INT8 of `src`, calibrated with `method` on `frames`."""
   from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
   from onnxruntime.quantization.shape_inference import quant_pre_process
   if method not in CALIBRATION_METHODS:
@@ -77,7 +106,7 @@ def to_int8(src: Path, dst: Path, frames: np.ndarray, method: str, symmetric: bo
   with tempfile.TemporaryDirectory() as d:
     pre = Path(d) / "pre.onnx"
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(dst), _Frames(frames), quant_format=QuantFormat.QDQ, per_channel=True,
+    quantize_static(str(pre), str(dst), _Frames(frames), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                       "percentile": CalibrationMethod.Percentile}[method],
