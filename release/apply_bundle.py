@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -127,8 +128,8 @@ def parse_manifest(raw: bytes) -> Manifest:
       raise Refused("manifest has a malformed sha256")
     return Manifest(str(d["version"]), str(d["commit"]), files, d["installer"]["sha256"],
                     tuple(map(str, d["requires"])), raw)
-  except (ValueError, KeyError, TypeError, AttributeError) as e:
-    raise Refused(f"unreadable {MANIFEST}: {e!r}") from None
+  except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:   # nesting: RecursionError
+    raise Refused(f"unreadable {MANIFEST}: {type(e).__name__}: {str(e)[:200]}") from None
 
 
 def verify_bundle(root: Path) -> Manifest:
@@ -160,8 +161,8 @@ def open_bundle(path: Path) -> Iterator[Path]:
     try:
       with tarfile.open(path, "r:*") as tar:
         tar.extractall(tmp, filter="data")  # the data filter rejects absolute paths, '..', links out of tmp
-    except (tarfile.TarError, OSError) as e:
-      raise Refused(f"cannot unpack {path}: {e}") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:   # a truncated .tar.gz: EOFError or zlib.error
+      raise Refused(f"cannot unpack {path}: {type(e).__name__}: {e}") from None
     roots = [p.parent for p in Path(tmp).glob(f"*/{MANIFEST}")] or [Path(tmp)]
     if len(roots) != 1:
       raise Refused(f"{path} holds several bundles")
@@ -267,12 +268,16 @@ def unregister(text: str) -> tuple[str | None, str]:
 # ---- plans ------------------------------------------------------------------------------------------------------
 
 def _dest(op: Path, rel: str) -> Path:
+  """Where `rel` goes, refused unless it can be written: checked for every file before any is written."""
   d = op / rel
   # a symlinked folder in the checkout must not carry our writes out of it
   if op.resolve() not in d.resolve().parents:
     raise Refused(f"{d} resolves outside {op}")
   if d.is_dir():
     raise Refused(f"{d} is a folder where the bundle has a file")
+  for parent in reversed(PurePosixPath(rel).parents[:-1]):
+    if (op / parent).exists() and not (op / parent).is_dir():
+      raise Refused(f"{op / parent} is a file where the bundle needs a folder; nothing was changed")
   return d
 
 
@@ -311,7 +316,7 @@ def plan_install(bundle: Path, m: Manifest, op: Path) -> Plan:
     elif d.is_file():
       plan.warnings.append(f"{rel} was installed by {old.label}, has been modified since and is no longer in the "
                            "bundle: left in place")
-  rec = op / RECORD
+  rec = _dest(op, RECORD)
   if not rec.is_file() or rec.read_bytes() != m.raw:
     plan.record = m.raw
   plan.config, plan.config_note = register((op / PROCESS_CONFIG).read_bytes().decode("utf-8"))
@@ -448,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     apply(args.bundle, args.openpilot, args.dry_run, args.uninstall)
   except Refused as e:
     print(f"apply_bundle: refused: {e}", file=sys.stderr)
+    return 1
+  except OSError as e:   # the disk or a permission, after the checks
+    print(f"apply_bundle: error: {e}", file=sys.stderr)
     return 1
   return 0
 

@@ -205,7 +205,7 @@ def inspect_segment(segment_dir, out, with_gt: bool = False, frame: str = "model
   """Render overlays of a segment's road-camera frames to `out` (.mp4 or a folder of PNGs).
 
   frame="model": the calibrated model frame (what the daemon sees; the warp uses the calibration
-  logged with each frame, identity before the first one) at `scale` x 512x256;
+  logged with each frame, Segment.warp_calibration's policy) at `scale` x 512x256;
   frame="camera": the device image scaled by `scale`. with_gt draws the simulator's ground truth
   (segments written by `fair sim`) beside the image.
   """
@@ -219,6 +219,8 @@ def inspect_segment(segment_dir, out, with_gt: bool = False, frame: str = "model
     if seg.scene_path is None:
       raise FileNotFoundError(f"{seg.path} has no scene.json: --gt needs a segment written by `fair sim`")
     height = load_segment_scene(seg.path).calib.height
+  if frame == "model":
+    seg.check_calibration()
   base = MEDMODEL if frame == "model" else seg.camera
   view = base.scaled(scale) if scale != 1.0 else base
   sink, tables = VideoSink(out), {}
@@ -228,8 +230,8 @@ def inspect_segment(segment_dir, out, with_gt: bool = False, frame: str = "model
     for f in progress_bar(frames, total=total, desc=f"inspect {seg.path.name}", unit="frame", disable=not progress):
       if max_frames is not None and f.index >= max_frames:
         break
-      rpy = f.calib_rpy or (0.0, 0.0, 0.0)
       if frame == "model":
+        rpy = seg.warp_calibration(f)
         key = tuple(rpy)
         if key not in tables:  # calibration changes rarely: tables are built once per value
           tables = {key: warp_tables(seg.camera, rpy, model=view, full_chroma=True)}

@@ -162,13 +162,6 @@ def _stack(frames: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
   return out
 
 
-def _segment_calibration(frame, seg: Segment, last):
-  rpy = frame.calib_rpy if frame.calib_rpy is not None else (last if last is not None else seg.calibration())
-  if rpy is None:
-    raise ValueError(f"{seg.path}: no liveCalibration before frame {frame.index}: cannot warp to the model frame")
-  return tuple(float(v) for v in rpy)
-
-
 def cache_segment(path, out_dir, config: CacheConfig, progress: bool = False) -> dict:
   """Cache one segment folder into out_dir/<name>/ (shards, then segment.json last). Returns segment.json's
   content. A finished segment with the same config is not redone."""
@@ -180,6 +173,7 @@ def cache_segment(path, out_dir, config: CacheConfig, progress: bool = False) ->
     meta = json.loads(done.read_text())
     if meta.get("config") == config.key() and meta.get("version") == CACHE_VERSION:
       return meta
+  seg.check_calibration()
   seg_dir.mkdir(parents=True, exist_ok=True)
   scene = None
   if seg.scene_path is not None:
@@ -188,7 +182,7 @@ def cache_segment(path, out_dir, config: CacheConfig, progress: bool = False) ->
   cam_k = config.camera
   tables: dict = {}
   records, pending, shards = [], [], []
-  prev_yuv, last_rpy = None, None
+  prev_yuv = None
 
   def flush():
     name = f"{pending[0]['frame_index']:06d}-{pending[-1]['frame_index']:06d}.safetensors"
@@ -207,7 +201,7 @@ def cache_segment(path, out_dir, config: CacheConfig, progress: bool = False) ->
     need_prev = config.every > 1 and (frame.index + 1) % config.every == 0
     if not (keep or need_prev):
       continue
-    rpy = last_rpy = _segment_calibration(frame, seg, last_rpy)
+    rpy = seg.warp_calibration(frame)
     if rpy not in tables:
       tables[rpy] = (warp_tables(seg.camera, rpy), warp_tables(seg.camera, rpy, cam_k, full_chroma=True))
     yuv_t, rgb_t = tables[rpy]

@@ -24,11 +24,13 @@ def segment_inputs(segments, n: int, stride: int = 1, phase: int = 0) -> np.ndar
   out = []
   for path in segments:
     seg = Segment(path)
-    rpy = seg.calibration() or (0.0, 0.0, 0.0)
-    tables = warp_tables(seg.camera, rpy)
+    tables = {}
     prev, kept = None, 0
     for i, frame in enumerate(seg.frames("road")):
-      yuv = warp_model_input(frame.nv12, tables)
+      rpy = seg.warp_calibration(frame)
+      if rpy not in tables:
+        tables[rpy] = warp_tables(seg.camera, rpy)
+      yuv = warp_model_input(frame.nv12, tables[rpy])
       if prev is not None and i % stride == phase:
         out.append(np.concatenate([prev, yuv]))
         kept += 1

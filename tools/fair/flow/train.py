@@ -156,11 +156,10 @@ def load_pairs(paths, scale: float, masks: str = "none", holdout: float = 0.2, p
     seg = Segment(path)
     tables, rgb, ids = {}, [], []
     for f in seg.frames():
-      if f.calib_rpy is None:
-        raise ValueError(f"{path}: frame {f.index} has no calibration (liveCalibration)")
-      if f.calib_rpy not in tables:
-        tables[f.calib_rpy] = warp_tables(seg.camera, f.calib_rpy, camera, full_chroma=True)
-      rgb.append(warp_rgb(f.nv12, tables[f.calib_rpy]))
+      rpy = seg.warp_calibration(f)
+      if rpy not in tables:
+        tables[rpy] = warp_tables(seg.camera, rpy, camera, full_chroma=True)
+      rgb.append(warp_rgb(f.nv12, tables[rpy]))
       ids.append(f.frame_id if f.frame_id is not None else f.index)
     n = len(rgb)
     if n < 2:

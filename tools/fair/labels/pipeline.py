@@ -114,16 +114,12 @@ def segment_frames(segment: Segment, camera: CameraModel,
                    need=lambda i: True) -> Iterator[tuple[int, np.ndarray | None]]:
   """(index, uint8 RGB model frame) for every road frame, warped with the frame's calibration (frames before
   the first liveCalibration use that first one); None instead of the frame where need(index) is False."""
-  calibs = segment.of_type("liveCalibration")
-  if not calibs:
-    raise ValueError(f"{segment.path}: no liveCalibration in the rlog; frames cannot be warped to the model frame")
-  first_rpy = tuple(float(a) for a in calibs[0].liveCalibration.rpyCalib)
   device, rpy, tables = segment.camera, None, None
   for f in segment.frames("road"):
     if not need(f.index):
       yield f.index, None
       continue
-    r = f.calib_rpy or first_rpy
+    r = segment.warp_calibration(f)
     if r != rpy:   # calibration changes rarely: build the tables once per value
       rpy, tables = r, warp_tables(device, r, camera, full_chroma=True)
     yield f.index, warp_rgb(f.nv12, tables)

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
   from tools.fair.labels.store import LabelStore
   from tools.fair.routes import Segment
   seg = Segment(args.segment)
+  seg.check_calibration()   # before loading any model
   camera = MEDMODEL if args.scale == 1.0 else MEDMODEL.scaled(args.scale)
   config = LaneConfig(camera=camera)
   height = segment_height(seg)

@@ -294,7 +294,8 @@ def label_lanes(frames: Iterable[ModelFrame], init: Callable[[ModelFrame], LaneI
 
 def model_frames(segment, camera: CameraModel, max_frames: int | None = None) -> Iterator[ModelFrame]:
   """A Segment's road-camera frames warped into `camera` (a model frame) with the calibration logged at each
-  frame (identity before the first one), as the daemon and the teachers see them."""
+  frame (Segment.warp_calibration: the first one before it; a segment without any is refused), as the
+  teachers see them."""
   from selfdrive.modeld_fair.medmodel_warp import warp_rgb, warp_tables
   tables, key = None, None
   frames = segment.frames()
@@ -302,7 +303,7 @@ def model_frames(segment, camera: CameraModel, max_frames: int | None = None) ->
     for f in frames:
       if max_frames is not None and f.index >= max_frames:
         break
-      rpy = tuple(f.calib_rpy or (0.0, 0.0, 0.0))
+      rpy = segment.warp_calibration(f)
       if rpy != key:   # calibration changes rarely: tables are rebuilt only then
         tables, key = warp_tables(segment.camera, rpy, model=camera, full_chroma=True), rpy
       yield ModelFrame(f.index, f.frame_id, warp_rgb(f.nv12, tables))

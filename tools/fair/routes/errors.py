@@ -14,5 +14,9 @@ class UnknownCameraError(SegmentError, ValueError):
   """A video's resolution matches no known device road camera."""
 
 
+class NoCalibrationError(SegmentError, ValueError):
+  """A segment logs no liveCalibration: its frames cannot be warped to the model frame without guessing."""
+
+
 class SegmentWarning(RuntimeWarning):
   """Recoverable damage: a truncated/corrupt log or video, or frames that could not be matched."""

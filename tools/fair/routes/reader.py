@@ -30,7 +30,7 @@ from openpilot_logging.cereal import log as capnp_log
 
 from selfdrive.modeld_fair.camera import CameraModel, camera_for_size
 from selfdrive.modeld_fair.nv12 import NV12Layout, nv12_layout, nv12_planes, nv12_to_rgb
-from tools.fair.routes.errors import SegmentError, SegmentWarning, UnknownCameraError
+from tools.fair.routes.errors import NoCalibrationError, SegmentError, SegmentWarning, UnknownCameraError
 
 RLOG_NAMES = ("rlog.zst", "rlog.bz2", "rlog")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -410,6 +410,21 @@ class Segment:
   def calibration(self) -> tuple[float, float, float] | None:
     """The latest `liveCalibration.rpyCalib` of the segment (None if it has none)."""
     return self._calib.last()
+
+  def warp_calibration(self, frame: Frame) -> tuple[float, float, float]:
+    """The calibration every tool warps `frame` to the model frame with: the liveCalibration in force at the
+    frame, the segment's first one for frames logged before it. A segment without any is refused
+    (NoCalibrationError): an identity guess misaligns every overlay and label (docs/faults.md)."""
+    if frame.calib_rpy is not None:
+      return frame.calib_rpy
+    self.check_calibration()
+    return self._calib.values[0]
+
+  def check_calibration(self) -> None:
+    """NoCalibrationError unless the segment logs a liveCalibration (call it before writing any output)."""
+    if not self._calib.values:
+      raise NoCalibrationError(f"{self.path}: no liveCalibration in the rlog; frames cannot be warped to the "
+                               "model frame")
 
   # -- video
 
