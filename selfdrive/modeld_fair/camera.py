@@ -40,8 +40,14 @@ class CameraModel:
                      [0.0, 0.0, 1.0]])
 
   def scaled(self, factor: float) -> CameraModel:
-    """The same field of view at `factor` times the resolution (pixel centres kept consistent)."""
-    return CameraModel(f"{self.name}x{factor:g}", round(self.width * factor), round(self.height * factor),
+    """The same field of view at `factor` times the resolution (pixel centres kept consistent); ValueError
+    when that leaves no pixel."""
+    if not 0 < factor < float("inf"):   # NaN fails this too
+      raise ValueError(f"scale must be a positive finite number, got {factor!r}")
+    w, h = round(self.width * factor), round(self.height * factor)
+    if w < 1 or h < 1:
+      raise ValueError(f"scale {factor:g} gives a {w}x{h} {self.name} frame: no pixels")
+    return CameraModel(f"{self.name}x{factor:g}", w, h,
                        self.focal * factor, (self.cx + 0.5) * factor - 0.5, (self.cy + 0.5) * factor - 0.5)
 
 

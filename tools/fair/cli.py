@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
   from tools.fair.routes.errors import RouteError
   try:
     return module.run(args) or 0
-  except (FileNotFoundError, ValueError, IndexError, ImportError, RouteError) as e:  # user errors: one clear line
+  except (ValueError, IndexError, ImportError, RouteError, OSError) as e:  # user errors: one clear line
+    # OSError: an --out that is a file, a full disk, a permission (FileNotFoundError is one too)
     print(f"fair {args.command}: error: {e}", file=sys.stderr)
     return 2
 

@@ -528,8 +528,19 @@ class DistillationTrainer:
                          "partial): pass --restart to start the run over (its logs and best/ are replaced)")
       return False
     model_state, state = self.ckpt.load(ckpt)  # on CPU: RNG states must stay CPU tensors
+    fix = "resume with the recipe the run was trained with, or pass --restart to start it over"
+    mine = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in model_state.items()}
+    if mine != theirs:
+      diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+      raise ValueError(f"{ckpt.path}: a checkpoint of another model ({len(diff)} tensors missing or of another "
+                       f"shape, e.g. {diff[0]} {theirs.get(diff[0])} vs this recipe's {mine.get(diff[0])}): {fix}")
     self.model.load_state_dict(model_state)
-    self.load_state_dict(state)
+    try:
+      self.load_state_dict(state)
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:   # optimizer groups, loss terms, EMA of another recipe
+      raise ValueError(f"{ckpt.path}: the training state does not fit this recipe ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:160]}): {fix}") from None
     if self.train_log is not None:
       self.train_log.truncate_after(self.step)
     val = self.out / "val.csv"

@@ -150,15 +150,32 @@ class LabelStore:
       if not self.root.is_dir():
         raise FileNotFoundError(f"label store {self.root} does not exist")
       return []
-    doc = json.loads(path.read_text())
-    if doc.get("version") != VERSION:
-      raise ValueError(f"{path}: manifest version {doc.get('version')!r}, this code reads version {VERSION}")
+    try:
+      doc = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:
+      raise ValueError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(doc, dict) or doc.get("version") != VERSION:
+      found = doc.get("version") if isinstance(doc, dict) else type(doc).__name__
+      raise ValueError(f"{path}: manifest version {found!r}, this code reads version {VERSION}")
+    if not isinstance(doc.get("shards"), list):
+      raise ValueError(f"{path}: no list of shards")
     return doc["shards"]
+
+  def _parsed(self) -> list[tuple[dict[str, Any], ShardEntry]]:
+    """The manifest's entries, raw and parsed; ValueError naming the manifest and the entry for an entry that
+    lacks a key, has one of the wrong type or a path outside the store."""
+    out = []
+    for i, d in enumerate(self._load_manifest()):
+      try:
+        out.append((d, ShardEntry.from_json(d, self.root)))
+      except (KeyError, TypeError, AttributeError) as e:
+        what = f"lacks {e}" if isinstance(e, KeyError) else f"is malformed ({type(e).__name__}: {e})"
+        raise ValueError(f"{self.root / MANIFEST}: shard entry {i} {what}") from None
+    return out
 
   def entries(self) -> list[ShardEntry]:
     """Every shard in the manifest, ordered by teacher, segment and first frame."""
-    out = [ShardEntry.from_json(d, self.root) for d in self._load_manifest()]
-    return sorted(out, key=lambda e: (e.teacher, e.segment_id, e.first))
+    return sorted((e for _, e in self._parsed()), key=lambda e: (e.teacher, e.segment_id, e.first))
 
   def segments(self, teacher: str) -> list[str]:
     """Ids of the segments with labels from `teacher`, sorted."""
@@ -265,6 +282,8 @@ class LabelStore:
     arrays = {"frame_id": frame_ids, **{k: np.ascontiguousarray(a) for k, a in labels.arrays.items()}}
     meta = labels.meta | labels.frame_meta
     data = safetensors.numpy.save(arrays, metadata={k: json.dumps(v) for k, v in meta.items()})
+    if self.root.is_dir():
+      self._parsed()   # a broken manifest is refused before any shard is written next to it
     path = self.root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, data)
@@ -275,10 +294,8 @@ class LabelStore:
                        info.final, path, dict(info.options), sid)
     with self._locked():
       kept, dropped = [], []
-      for d in self._load_manifest():
-        inside(self.root, d["file"])   # a hostile entry stops the write before anything is replaced
-        same = d["teacher"] == info.teacher and d.get("segment_id", d["segment"]) == sid
-        overlap = same and d["frame_ids"][0] <= last and d["frame_ids"][1] >= first
+      for d, e in self._parsed():   # a hostile or broken entry stops the write before anything is replaced
+        overlap = e.teacher == info.teacher and e.segment_id == sid and e.first <= last and e.last >= first
         (dropped if overlap else kept).append(d)
       doc = {"version": VERSION, "shards": [*kept, entry.to_json()]}
       atomic_write(self.root / MANIFEST, json.dumps(doc, indent=1).encode())

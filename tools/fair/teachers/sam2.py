@@ -15,7 +15,6 @@ mask box (on the previous frame) is below `new_object_iou` starts a new object i
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenc
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from tools.fair.teachers.base import Detections, TeacherInput, VideoMasks, default_dtype
 from tools.fair.teachers.preprocess import check_clip, to_model_frame, to_network
-from tools.fair.teachers.weights import WeightsInfo, load_pretrained
+from tools.fair.teachers.weights import WeightsInfo, load_pretrained, read_config
 
 # a prompter maps uint8 RGB model frames (1, H, W, 3) to one Detections per frame (a DetrTeacher is one)
 Prompter = Callable[[np.ndarray], Sequence[Detections]]
@@ -174,7 +173,7 @@ class Sam2Teacher:
     """The teacher from resolved weights (a Sam2VideoModel save_pretrained folder); dtype None: bf16/fp16 on GPU."""
     dtype = dtype or default_dtype(device)
     # the official repositories hold one config for the image and the video model; accept either model type
-    found = json.loads((weights.path / "config.json").read_text()).get("model_type")
+    found = read_config(weights).get("model_type")
     model = load_pretrained(Sam2VideoModel, weights, found if found in ("sam2", "sam2_video") else "sam2_video",
                             device, dtype)
     return cls(model, weights, config or Sam2TeacherConfig(), device, dtype)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
+from safetensors import SafetensorError
 
 WEIGHTS_ENV = "FAIR_WEIGHTS_DIR"
 HF_CACHE = "hf-cache"   # weights_dir value that selects the Hugging Face cache even when FAIR_WEIGHTS_DIR is set
@@ -98,9 +99,21 @@ def resolve_weights(teacher: str, hf_ids: tuple[str, ...], weights_dir: str | Pa
   return _from_dir(teacher, Path(weights_dir) / teacher, hf_ids, revision)
 
 
+def read_config(weights: WeightsInfo) -> dict:
+  """The folder's config.json; ValueError naming the file when it is not a JSON object (a damaged download)."""
+  path = weights.path / "config.json"
+  try:
+    config = json.loads(path.read_bytes())
+  except (ValueError, RecursionError) as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    raise ValueError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:120]}); fetch the weights again") from None
+  if not isinstance(config, dict):
+    raise ValueError(f"{path}: not a JSON object; fetch the weights again")
+  return config
+
+
 def check_model_type(weights: WeightsInfo, model_type: str) -> None:
   """ValueError unless the folder's config.json is of `model_type` (e.g. a DINOv2 checkpoint in DIR/dpt-depth/)."""
-  found = json.loads((weights.path / "config.json").read_text()).get("model_type")
+  found = read_config(weights).get("model_type")
   if found != model_type:
     raise ValueError(f"{weights.path} holds a {found!r} checkpoint; teacher {weights.teacher!r} needs {model_type!r}")
 
@@ -113,7 +126,12 @@ def load_pretrained(model_class, weights: WeightsInfo, model_type: str, device: 
   from_pretrained would fill those randomly and the teacher would label noise without a word.
   """
   check_model_type(weights, model_type)
-  model, info = model_class.from_pretrained(weights.path, dtype=dtype, output_loading_info=True)
+  try:
+    model, info = model_class.from_pretrained(weights.path, dtype=dtype, output_loading_info=True)
+  except (SafetensorError, OSError, EOFError) as e:   # a truncated or damaged model.safetensors
+    files = ", ".join(p.name for p in sorted(weights.path.glob("*.safetensors"))) or "no *.safetensors"
+    raise ValueError(f"{weights.path} ({files}): unreadable weights ({type(e).__name__}: {str(e)[:160]}); "
+                     "a truncated or damaged download: fetch the weights again") from None
   if info["missing_keys"]:
     missing = sorted(info["missing_keys"])
     raise ValueError(f"{weights.path} lacks {len(missing)} weights of {model_class.__name__} (e.g. {missing[:3]}): "
