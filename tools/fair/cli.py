@@ -51,7 +51,8 @@ EXAMPLES = {
                 "python -m tools.fair.flow.train --pairs pairs.npz --out /tmp/flow --device cuda --steps 20000",
   "lanes": f"fair lanes {S} --tracker lk --init gt --out /tmp/store",
   "train": "fair train tools/fair/distill/recipes/nano_gt.toml --steps 200 --out /tmp/run\n"
-           "fair train tools/fair/distill/recipes/nano_gt.toml --out /tmp/run --resume",
+           "fair train tools/fair/distill/recipes/nano_gt.toml --out /tmp/run --resume\n"
+           "torchrun --nproc-per-node 2 -m tools.fair.cli train tools/fair/distill/recipes/nano_gt.toml --out /tmp/ddp",
   "stats": "fair stats CACHE --out /tmp/stats --labels STORE --teacher depth=dpt-depth",
   "env": "fair env\nfair env --weights ~/weights",
 }

@@ -2,6 +2,7 @@
 
   fair train tools/fair/distill/recipes/nano_gt.toml [--resume | --restart] [--steps N] [--batch-size B] [--out DIR] [--device auto|cpu|cuda|mps]
   fair train recipes/nano_distill.toml --compare recipes/dora_dinov2.toml   # DoRA vs full table, same data
+  torchrun --nproc-per-node 4 -m tools.fair.cli train recipes/nano_gt.toml  # DDP: [optim] batch_size is global
 
 Bad recipes exit with status 2 and one line naming the file, section and key.
 """
@@ -16,20 +17,24 @@ from pathlib import Path
 from tools.fair.device import add_device_argument, resolve_device
 from tools.fair.distill.recipe import Recipe, build_dataset, load_recipe, with_overrides
 from tools.fair.distill.trainer import DistillationTrainer, FitResult, build_model
+from tools.fair.distributed import World
 
 
 def train_recipe(recipe: Recipe, device: str = "cpu", resume: bool = False, progress: bool = True,
                  evaluate=None, max_steps: int | None = None, restart: bool = False) -> FitResult:
   """Build the recipe's data (the [data] builder hook), teacher (online mode), model and trainer, then fit.
   Refuses to start over a run folder that has checkpoints unless `resume`; a resume that finds only corrupt
-  checkpoints is an error. `restart` starts the run over: its checkpoints, best/ and logs are deleted first."""
+  checkpoints is an error. `restart` starts the run over: its checkpoints, best/ and logs are deleted first.
+  Under torchrun / srun (World.from_env) every process runs this; they join one process group (DDP)."""
   if restart:
     out = Path(recipe.run.out)
     for d in ("checkpoints", "best"):
       shutil.rmtree(out / d, ignore_errors=True)
     for f in ("train.csv", "val.csv"):
       (out / f).unlink(missing_ok=True)
-  device = str(resolve_device(device))
+  world = World.from_env()
+  device = str(world.device(resolve_device(device)))
+  world.init(device)
   train_ds = build_dataset(recipe.data, "train")
   val_ds = build_dataset(recipe.data, "val")  # None or empty: no validation (then no best/)
   val_ds = val_ds if val_ds is not None and len(val_ds) else None
@@ -38,9 +43,9 @@ def train_recipe(recipe: Recipe, device: str = "cpu", resume: bool = False, prog
     from tools.fair.teachers import load_teacher
     teacher = load_teacher(recipe.teacher.name, recipe.teacher.weights_dir, device, model_id=recipe.teacher.model_id)
   trainer = DistillationTrainer(recipe, build_model(recipe), train_ds, val_ds, teacher=teacher, evaluate=evaluate,
-                                device=device, progress=progress)
+                                device=device, progress=progress, world=world)
   if resume:
-    if not trainer.resume():
+    if not trainer.resume() and world.main:
       print(f"{recipe.run.out}: no checkpoint to resume, starting from step 0")
   elif trainer.ckpt.list():
     raise ValueError(f"{recipe.run.out} already holds checkpoints: pass --resume, --restart, or a new --out")
@@ -111,15 +116,18 @@ def run(a: argparse.Namespace) -> int:
       raise ValueError(f"--compare: {a.config} and {a.compare} must use the same [data] to be comparable")
     recipes.append(other)
   rows = []
+  main = World.from_env().main   # under torchrun only rank 0 reports
   for r in recipes:
     res = train_recipe(r, a.device, a.resume, progress=not a.quiet, restart=a.restart)
+    if not main:
+      continue
     best = f"{res.best_metric} {res.best_value:.4f} at step {res.best_step}" if res.best_value is not None else "none"
     print(f"{r.name}: {res.step} steps ({res.steps_per_s:.2f} steps/s), {res.trainable_params:,} trainable params; "
           f"best {best}")
     print(f"  checkpoints: {Path(r.run.out) / 'checkpoints'}  best: {Path(r.run.out) / 'best'}  "
           f"log: {Path(r.run.out) / 'train.csv'}")
     rows.append(summarize(r, res))
-  if a.compare:
+  if a.compare and main:
     table = compare_table(rows)
     path = Path(recipes[0].run.out).parent / f"compare-{recipes[0].name}-vs-{recipes[1].name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,12 @@ Data order: epoch e visits the samples in a permutation drawn from a generator s
 in it are saved, so a resumed run sees exactly the batches the uninterrupted run would have. A dataset's own
 randomness (augmentation) must be a function of the sample index and epoch (the trainer calls
 `train_ds.set_epoch(e)` when it exists), not of worker RNG state.
+
+Under torchrun (world.size > 1) the model and the loss's projectors train in DistributedDataParallel: the recipe's
+batch_size is the global batch, each rank takes batch_size / size samples of it through a DistributedSampler
+(seeded as the single-process order, so the union of the ranks' micro-batches is the single-process batch), rank 0
+validates and writes checkpoints, logs and progress, train metrics are averaged over the ranks, and a checkpoint
+holds every rank's RNG state and data order: it resumes exactly with the same number of processes only.
 """
 from __future__ import annotations
 
@@ -28,11 +34,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tools.fair.distill.checkpoint import CheckpointManager, rng_state, set_rng_state
 from tools.fair.distill.losses import PRESENT, DistillLoss, LossOutput, missing_terms
 from tools.fair.distill.recipe import Recipe
+from tools.fair.distributed import World
 from tools.fair.progress import progress_bar
 
 Evaluate = Callable[[nn.Module, Dataset], Mapping[str, float]]
@@ -108,6 +116,21 @@ class StageTaps:
     def hook(_m, _inp, out):
       self.features[name] = out
     return hook
+
+
+class StudentLoss(nn.Module):
+  """Student forward (autocast when amp_dtype) + loss as one module: DDP averages the gradients of both (the
+  loss has trainable feature projectors)."""
+
+  def __init__(self, model: nn.Module, loss: DistillLoss, taps: StageTaps | None, amp_dtype: torch.dtype | None):
+    super().__init__()
+    self.model, self.loss, self.taps, self.amp_dtype = model, loss, taps, amp_dtype
+
+  def forward(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+    img = batch["img"]
+    with torch.autocast(img.device.type, self.amp_dtype) if self.amp_dtype else contextlib.nullcontext():
+      out = self.model(img)
+    return self.loss(out, batch, self.taps.features if self.taps else None)  # in fp32: the terms cast to float
 
 
 class CsvLog:
@@ -190,20 +213,32 @@ class DistillationTrainer:
   teacher: an online teacher (recipe.teacher.mode == "online") called on the current frame's RGB to put its
   features in the batch under recipe.teacher.key. evaluate(model, val_ds) -> metrics; default: the validation
   losses ("val/loss", "val/<term>"). sampler: optional index source (set_epoch(e), __iter__, and optionally
-  update(indices, losses) which receives every micro-batch's per-sample losses, state_dict/load_state_dict).
+  update(indices, losses) which receives every micro-batch's per-sample losses, state_dict/load_state_dict);
+  not with world.size > 1, where a DistributedSampler shards the data. world: this process's rank (World.from_env;
+  its process group initialised, the device its own GPU).
   """
 
   def __init__(self, recipe: Recipe, model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None,
                teacher=None, evaluate: Evaluate | None = None, sampler=None, device: str | torch.device = "cpu",
-               progress: bool = True):
-    self.recipe, self.device, self.progress = recipe, torch.device(device), progress
+               progress: bool = True, world: World | None = None):
+    self.world = world or World()
+    self.recipe, self.device, self.progress = recipe, torch.device(device), progress and self.world.main
     self.train_ds, self.val_ds, self.teacher, self.sampler = train_ds, val_ds, teacher, sampler
     self.evaluate = evaluate or self.validation_losses
     o, r = recipe.optim, recipe.run
     if recipe.teacher.mode == "online" and teacher is None:
       raise ValueError("recipe has an online teacher but none was given")
     self.model = model.to(self.device)
-    self.batches_per_epoch = len(train_ds) // o.batch_size
+    n = self.world.size
+    if n > 1:
+      if sampler is not None:
+        raise ValueError(f"{n} processes: a custom sampler (hard-example mining) runs in a single process only")
+      if o.batch_size % n:
+        raise ValueError(f"batch_size {o.batch_size} (the global batch) is not divisible by the {n} processes")
+      self.sampler = DistributedSampler(train_ds, n, self.world.rank, shuffle=True, seed=r.seed * 1_000_003,
+                                        drop_last=True)
+    self.batch = o.batch_size // n   # this rank's micro-batch
+    self.batches_per_epoch = len(train_ds) // n // self.batch
     self.steps_per_epoch = self.batches_per_epoch // o.accumulate
     if self.steps_per_epoch < 1:
       raise ValueError(f"train set of {len(train_ds)} samples is smaller than one step "
@@ -225,6 +260,10 @@ class DistillationTrainer:
     if o.amp and self.device.type == "cuda":
       self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+    self.net = StudentLoss(self.model, self.loss, self.taps, self.amp_dtype)
+    # find_unused_parameters: heads whose terms have weight 0 (or no data in a batch) get no gradient
+    self.ddp = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None,
+                                       find_unused_parameters=True) if n > 1 else None
     self.ema = EMA(self.model, o.ema_decay) if o.ema_decay > 0 else None
     self.ckpt = CheckpointManager(r.out, r.keep_last)
     self.out = Path(r.out)
@@ -237,9 +276,9 @@ class DistillationTrainer:
     self.last_sample_losses: tuple[torch.Tensor, torch.Tensor] | None = None  # (indices, losses) of the last batch
     terms = self.loss.term_names()
     self.train_log = CsvLog(self.out / "train.csv", ["step", "epoch", "lr", "loss", "grad_norm", "samples_per_s",
-                                                     *terms]) if "csv" in r.log else None
+                                                     *terms]) if "csv" in r.log and self.world.main else None
     self.val_log: CsvLog | None = None
-    self.tb = self._tensorboard() if "tensorboard" in r.log else None
+    self.tb = self._tensorboard() if "tensorboard" in r.log and self.world.main else None
 
   # ---- setup helpers
 
@@ -321,14 +360,14 @@ class DistillationTrainer:
     else:
       g = torch.Generator().manual_seed(self.recipe.run.seed * 1_000_003 + epoch)
       order = torch.randperm(len(self.train_ds), generator=g)
-    if len(order) < self.steps_per_epoch * self.recipe.optim.accumulate * self.recipe.optim.batch_size:
+    if len(order) < self.steps_per_epoch * self.recipe.optim.accumulate * self.batch:
       raise ValueError(f"sampler yielded {len(order)} indices for epoch {epoch}, fewer than one epoch of batches")
     return order
 
   def _loader(self, indices: torch.Tensor, dataset: Dataset, seed: int, drop_last: bool = True) -> DataLoader:
     # an explicit generator (worker seeds): creating a loader never draws from the global RNG (checkpointed)
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=self.recipe.optim.batch_size, sampler=indices.tolist(), collate_fn=collate,
+    return DataLoader(dataset, batch_size=self.batch, sampler=indices.tolist(), collate_fn=collate,
                       num_workers=self.recipe.data.workers, generator=g, drop_last=drop_last,
                       pin_memory=self.device.type == "cuda")
 
@@ -337,11 +376,8 @@ class DistillationTrainer:
   def _forward(self, batch: dict[str, torch.Tensor]) -> LossOutput:
     if self.recipe.teacher.mode == "online" and self.recipe.teacher.key not in batch:
       batch[self.recipe.teacher.key] = self._teacher_features(batch["img"])
-    ctx = torch.autocast(self.device.type, self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
-    with ctx:
-      out = self.model(batch["img"])
-    feats = self.taps.features if self.taps else None
-    return self.loss(out, batch, feats)  # in fp32: the loss terms cast to float themselves
+    # validation (no grad) runs on rank 0 alone: outside DDP, whose forward may wait for the other ranks
+    return (self.ddp if self.ddp is not None and torch.is_grad_enabled() else self.net)(batch)
 
   def _optimizer_step(self) -> tuple[float, float]:
     o = self.recipe.optim
@@ -370,18 +406,21 @@ class DistillationTrainer:
     while self.step < stop:
       if self.order is None:
         self.order = self._epoch_order(self.epoch)
-      used = self.steps_per_epoch * o.accumulate * o.batch_size
-      todo = self.order[self.batch_in_epoch * o.batch_size:used]
+      used = self.steps_per_epoch * o.accumulate * self.batch
+      todo = self.order[self.batch_in_epoch * self.batch:used]
       self._set_train()
       acc: dict[str, float] = {}
       t_step = time.perf_counter()
       loader = self._loader(todo, self.train_ds, r.seed * 1_000_003 + self.epoch * 100_003 + self.batch_in_epoch)
       for batch in loader:
-        res = self._forward(self._to_device(batch))
-        if not torch.isfinite(res.total.detach()):   # stop before NaN reaches the weights or a checkpoint
-          raise FloatingPointError(f"non-finite loss at step {self.step + 1} ({res.terms}): lower the learning rate "
-                                   f"or the loss weights; the last checkpoint in {self.ckpt.dir} holds finite weights")
-        self.scaler.scale(res.total / o.accumulate).backward()
+        last = (self.batch_in_epoch + 1) % o.accumulate == 0
+        with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
+          res = self._forward(self._to_device(batch))
+          if not torch.isfinite(res.total.detach()):   # stop before NaN reaches the weights or a checkpoint
+            raise FloatingPointError(f"non-finite loss at step {self.step + 1} ({res.terms}): lower the learning "
+                                     f"rate or the loss weights; the last checkpoint in {self.ckpt.dir} holds finite "
+                                     "weights")
+          self.scaler.scale(res.total / o.accumulate).backward()
         self._record(batch["index"], res.per_sample)
         for k, v in {"loss": float(res.total.detach()), **res.terms}.items():
           acc[k] = acc.get(k, 0.0) + v / o.accumulate
@@ -391,6 +430,7 @@ class DistillationTrainer:
         lr, norm = self._optimizer_step()
         self.step += 1
         dt = time.perf_counter() - t_step
+        acc = self._mean_over_ranks(acc)
         self._log_train({"step": self.step, "epoch": self.epoch, "lr": lr, "grad_norm": norm,
                          "samples_per_s": o.batch_size * o.accumulate / max(dt, 1e-9), **acc})
         bar.update(1)
@@ -405,7 +445,7 @@ class DistillationTrainer:
       if self.batch_in_epoch >= self.steps_per_epoch * o.accumulate:  # epoch finished
         self.epoch += 1
         self.batch_in_epoch, self.order = 0, None
-        if self.epoch % r.eval_every == 0 and self.val_ds is not None:
+        if self.epoch % r.eval_every == 0 and self.val_ds is not None and self.world.main:
           self.validate()
         self.save()
         saved_at = self.step
@@ -416,6 +456,15 @@ class DistillationTrainer:
     trainable, total = trainable_parameters(self.model)
     return FitResult(self.step, self.epoch, dict(self.metrics), r.best_metric, self.best_value, self.best_step,
                      self.out, dt, (self.step - start_step) / max(dt, 1e-9), trainable, total)
+
+  def _mean_over_ranks(self, acc: dict[str, float]) -> dict[str, float]:
+    """The step's loss and terms averaged over the ranks (a term a rank's batches lacked counts 0 there)."""
+    if self.world.size == 1:
+      return acc
+    names = ["loss", *self.loss.term_names()]
+    t = torch.tensor([acc.get(k, 0.0) for k in names], dtype=torch.float64, device=self.device)
+    torch.distributed.all_reduce(t)
+    return dict(zip(names, (t / self.world.size).tolist(), strict=True))
 
   def _record(self, indices: torch.Tensor, losses: torch.Tensor) -> None:
     """Expose per-sample losses (the hard-example sampler's input)."""
@@ -489,7 +538,7 @@ class DistillationTrainer:
       "rng": rng_state(),
       "position": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                    "order": self.order if self.order is not None else torch.zeros(0, dtype=torch.int64),
-                   "has_order": self.order is not None},
+                   "has_order": self.order is not None, "world_size": self.world.size},
       "best": {"value": self.best_value, "step": self.best_step},
       "metrics": dict(self.metrics),
       "sampler": self.sampler.state_dict() if self.sampler is not None and hasattr(self.sampler, "state_dict") else {},
@@ -504,19 +553,30 @@ class DistillationTrainer:
         raise ValueError("checkpoint has no EMA state but the recipe enables EMA")
       self.ema.shadow = {k: v.to(self.device) for k, v in state["ema"].items()}
     self.loss.load_state_dict(state["loss"])
-    set_rng_state(state["rng"])
     p = state["position"]
+    if p.get("world_size", 1) != self.world.size:
+      raise ValueError(f"the checkpoint was written by {p.get('world_size', 1)} process(es), this run has "
+                       f"{self.world.size}: resume with the same number (each rank's data order depends on it)")
+    own = state["ranks"][self.world.rank] if self.world.size > 1 else {"rng": state["rng"], "order": p["order"]}
+    set_rng_state(own["rng"])
     self.step, self.epoch, self.batch_in_epoch = p["step"], p["epoch"], p["batch_in_epoch"]
-    self.order = p["order"] if p["has_order"] else None
+    self.order = own["order"] if p["has_order"] else None
     self.best_value, self.best_step = state["best"]["value"], state["best"]["step"]
     self.metrics = dict(state["metrics"])
     if state["sampler"] and hasattr(self.sampler, "load_state_dict"):
       self.sampler.load_state_dict(state["sampler"])
 
-  def save(self) -> Path:
-    """Checkpoint the current state (see checkpoint.py)."""
-    return self.ckpt.save(self.step, self.model.state_dict(), self.state_dict(),
-                          {"epoch": self.epoch, "recipe": self.recipe.name})
+  def save(self) -> Path | None:
+    """Checkpoint the current state (see checkpoint.py). Every rank calls it (their RNG states and data orders
+    are gathered); rank 0 writes and returns the folder, the others None."""
+    state = self.state_dict()
+    if self.world.size > 1:
+      ranks: list = [None] * self.world.size
+      torch.distributed.all_gather_object(ranks, {"rng": state["rng"], "order": state["position"]["order"]})
+      state["ranks"] = ranks
+    if not self.world.main:
+      return None
+    return self.ckpt.save(self.step, self.model.state_dict(), state, {"epoch": self.epoch, "recipe": self.recipe.name})
 
   def resume(self) -> bool:
     """Restore the newest valid checkpoint in the run folder; False when there is none; ValueError when there are
@@ -544,7 +604,7 @@ class DistillationTrainer:
     if self.train_log is not None:
       self.train_log.truncate_after(self.step)
     val = self.out / "val.csv"
-    if "csv" in self.recipe.run.log and val.is_file():
+    if "csv" in self.recipe.run.log and val.is_file() and self.world.main:
       with open(val, newline="") as f:
         self.val_log = CsvLog(val, next(csv.reader(f), ["step"]))
       self.val_log.truncate_after(self.step)
