@@ -285,6 +285,33 @@ def test_empty_part_labels_nothing(weights, segment, tmp_path, capsys):
   assert "has no segments" in capsys.readouterr().out and not (tmp_path / "s").exists()
 
 
+def test_ranks_from_the_launcher_label_their_parts_into_one_store(weights, segment, tmp_path, monkeypatch, capsys):
+  """Under torchrun / srun without --shard: each rank labels its part; the shared manifest holds both parts."""
+  import shutil
+  second = tmp_path / "segs" / "b"
+  shutil.copytree(segment, second)   # another folder name: another segment id
+  segs = sorted([str(segment), str(second)])
+  store = tmp_path / "store"
+  for rank, env in enumerate(({"RANK": "0", "WORLD_SIZE": "2"}, {"SLURM_PROCID": "1", "SLURM_NTASKS": "2"})):
+    for k, v in env.items():
+      monkeypatch.setenv(k, v)
+    assert main(["label", *segs, "--teachers", "dinov2", "--out", str(store), "--quiet", *SHARD,
+                 "--weights", str(weights), "--device", "cpu"]) == 0
+    names = {e.segment for e in LabelStore(store).entries()}
+    assert names == {Path(s).name for s in segs[:rank + 1]}   # rank r labelled segment r of the sorted list
+    for k in env:
+      monkeypatch.delenv(k)
+  entries = LabelStore(store).entries()
+  assert len(entries) == 6 and all(LabelStore(store).is_intact(e) for e in entries)
+  # a rank started again (after a kill) finds its part done and labels nothing
+  monkeypatch.setenv("RANK", "1")
+  monkeypatch.setenv("WORLD_SIZE", "2")
+  capsys.readouterr()
+  assert main(["label", *segs, "--teachers", "dinov2", "--out", str(store), "--quiet", *SHARD,
+               "--weights", str(weights), "--device", "cpu"]) == 0
+  assert "0 shards written" in capsys.readouterr().out and LabelStore(store).entries() == entries
+
+
 # ---- pair and video teachers
 
 WEIGHTS = WeightsInfo("fake", Path("/nonexistent"), None, "0" * 64)

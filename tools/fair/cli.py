@@ -46,7 +46,8 @@ EXAMPLES = {
   "profile": "fair profile nano selfdrive/modeld_fair/models/student.onnx --report /tmp/profile.md",
   "cache": f"fair cache {S} --out /tmp/cache\nfair cache SEGMENTS... --out /tmp/cache --every 2 --workers 2",
   "label": f"fair label {S} --teachers dpt-depth,detr --weights ~/weights --out /tmp/store\n"
-           "fair label SEGMENTS... --teachers dinov2 --out /tmp/store --shard 1/4 --device cuda:1",
+           "fair label SEGMENTS... --teachers dinov2 --out /tmp/store --shard 1/4 --device cuda:1\n"
+           "torchrun --nproc-per-node 2 -m tools.fair.cli label SEGMENTS... --teachers dinov2 --out /tmp/store",
   "flow-train": f"fair flow-train {S} --out /tmp/flow --minutes 5\n"
                 "python -m tools.fair.flow.train --pairs pairs.npz --out /tmp/flow --device cuda --steps 20000",
   "lanes": f"fair lanes {S} --tracker lk --init gt --out /tmp/store",

@@ -4,7 +4,11 @@
              [--scale 0.5] [--shard i/N] [--shard-frames 100] [--overwrite] [--teacher-opt NAME.FIELD=VALUE ...]
 
 --shard i/N labels the i-th of N disjoint parts of the sorted segment list (segment k goes to part k mod N),
-so N machines can share a job list without talking to each other.
+so N machines can share a job list without talking to each other. Without --shard the part is this process's
+rank under torchrun (RANK / WORLD_SIZE) or srun (SLURM_PROCID / SLURM_NTASKS), each on its own GPU
+(cuda:LOCAL_RANK): `torchrun --nproc-per-node 8 -m tools.fair.cli label SEGMENTS... --out STORE` labels on 8 GPUs
+into one store, whose manifest the processes share under a lock. A killed process's part resumes by running
+the same command again (finished shards are skipped).
 
 --teacher-opt sets one field of a teacher's config dataclass (parsed by the field's type: numbers, true/false,
 comma-separated tuples, none), e.g. cotracker.grid=8,16 or sam3.prompts=car,pedestrian. A config's `prompter`
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from selfdrive.modeld_fair.camera import CameraModel
 from tools.fair.device import add_device_argument, resolve_device
+from tools.fair.distributed import World
 from tools.fair.labels.pipeline import LabelConfig, label_segments
 from tools.fair.labels.store import LabelStore
 
@@ -140,7 +145,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--batch", type=int, default=LabelConfig.batch, help="frames per teacher call (default 8)")
   p.add_argument("--scale", type=float, default=LabelConfig.scale,
                  help="model frame = 512x256 medmodel x scale (default 0.5: 256x128)")
-  p.add_argument("--shard", default="0/1", help="i/N: label only part i of N of the sorted segments (default 0/1)")
+  p.add_argument("--shard", help="i/N: label only part i of N of the sorted segments (default: the process's "
+                 "rank/world size under torchrun or srun, else 0/1)")
   p.add_argument("--shard-frames", type=int, default=LabelConfig.shard_frames,
                  help="consecutive frames per shard file (default 100)")
   p.add_argument("--overwrite", action="store_true", help="relabel shards that are already in the store")
@@ -152,14 +158,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
   """Load the teachers and label this machine's part of the segments."""
   from tools.fair.teachers import MissingWeightsError, load_teacher, teacher_class   # torch + transformers
-  i, n = parse_shard(args.shard)
+  world = World.from_env()
+  i, n = parse_shard(args.shard) if args.shard is not None else (world.rank, world.size)
   names = [t.strip() for t in args.teachers.split(",") if t.strip()]
   if not names or len(set(names)) != len(names):
     raise ValueError(f"--teachers needs distinct names, got {args.teachers!r}")
   cfg = LabelConfig(batch=args.batch, scale=args.scale, shard_frames=args.shard_frames, overwrite=args.overwrite)
   segments = partition(args.segments, i, n)
   opts = parse_teacher_opts(args.teacher_opt, names)
-  device = str(resolve_device(args.device))
+  device = str(world.device(resolve_device(args.device)))
   teachers: dict = {}
   missing: dict[str, str] = {}   # teacher -> what it lacks: all named in one error, not one per run
   options = {name: dict(sorted(opts[name].items())) for name in names}
