@@ -220,8 +220,8 @@ def test_render_gt_from_segment(tmp_path):
 def test_render_gt_missing_or_bad_scene(tmp_path):
   with pytest.raises(FileNotFoundError, match="scene.json"):
     render_gt(tmp_path, 0)
-  (tmp_path / "scene.json").write_text(make_scene(0, 0.2).to_json().replace('"version":1', '"version":2'))
-  with pytest.raises(ValueError, match="version 2"):
+  (tmp_path / "scene.json").write_text(make_scene(0, 0.2).to_json().replace('"version":2', '"version":3'))
+  with pytest.raises(ValueError, match="version 3"):
     render_gt(tmp_path, 0)
 
 

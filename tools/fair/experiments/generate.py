@@ -34,13 +34,14 @@ class SegmentSpec:
   seconds: float
   camera: str
   scenario: str
+  randomise: bool = False   # domain randomisation (sim/domain.py)
 
   def scene(self) -> Scene:
-    return make_scene(self.seed, self.seconds, self.camera, self.scenario)
+    return make_scene(self.seed, self.seconds, self.camera, self.scenario, randomise=self.randomise)
 
 
 def segment_specs(n: int, seconds: float, seed0: int = 0, cameras=CAMERAS,
-                  scenarios=DEFAULT_SCENARIOS) -> list[SegmentSpec]:
+                  scenarios=DEFAULT_SCENARIOS, randomise: bool = False) -> list[SegmentSpec]:
   """The specs of segments 0..n-1 (see the module docstring for the assignment)."""
   cameras, scenarios = tuple(cameras), tuple(scenarios)
   if n < 0 or not cameras or not scenarios:
@@ -49,7 +50,8 @@ def segment_specs(n: int, seconds: float, seed0: int = 0, cameras=CAMERAS,
     if s not in SCENARIOS:
       raise ValueError(f"unknown scenario {s!r} (valid: {', '.join(SCENARIOS)})")
   s, c = len(scenarios), len(cameras)
-  return [SegmentSpec(seed0 + i, float(seconds), cameras[(i % s + i // s) % c], scenarios[i % s]) for i in range(n)]
+  return [SegmentSpec(seed0 + i, float(seconds), cameras[(i % s + i // s) % c], scenarios[i % s], randomise)
+          for i in range(n)]
 
 
 def is_finished(path: Path) -> bool:
@@ -69,13 +71,14 @@ def _write(spec: SegmentSpec, out_dir: str) -> str:
 
 
 def generate_segments(out_dir, n: int, seconds: float = 5.0, seed0: int = 0, cameras=CAMERAS,
-                      scenarios=DEFAULT_SCENARIOS, workers: int = 2, progress: bool = True) -> list[Path]:
+                      scenarios=DEFAULT_SCENARIOS, workers: int = 2, progress: bool = True,
+                      randomise: bool = False) -> list[Path]:
   """Write n simulated segments (openpilot segment folders + scene.json) under `out_dir`; returns their
   folders in spec order. Finished segments are kept, so an interrupted run resumes where it stopped.
-  `workers` processes render in parallel (1: in this process)."""
+  `workers` processes render in parallel (1: in this process); randomise: domain-randomised segments."""
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  specs = segment_specs(n, seconds, seed0, cameras, scenarios)
+  specs = segment_specs(n, seconds, seed0, cameras, scenarios, randomise)
   paths = [out / segment_name(s.scene()) for s in specs]
   todo = [s for s, p in zip(specs, paths) if not is_finished(p)]
   bar = progress_bar(total=len(specs), initial=len(specs) - len(todo), desc="segments", unit="seg", disable=not progress)

@@ -51,6 +51,7 @@ class Preset:
   dora_steps: int
   workers: int = 2
   seed: int = 0
+  randomise: bool = False         # domain-randomised training segments (sim/domain.py); val keeps the scenario look
   checks: dict = field(default_factory=dict)   # what the run must show (see check_result)
 
 
@@ -79,7 +80,7 @@ def make_data(preset: Preset, out: Path):
   for split, n, seed0 in (("train", preset.train_segments, 1000), ("val", preset.val_segments, 5000)):
     _log(f"generating {n} {split} segments of {preset.seconds:g} s")
     segments[split] = generate_segments(out / "segments" / split, n, preset.seconds, seed0 + preset.seed,
-                                        workers=preset.workers)
+                                        workers=preset.workers, randomise=preset.randomise and split == "train")
     _log(f"frame cache {split}")
     caches[split] = build_frame_cache(segments[split], out / "cache" / split, scale=SCALE, every=preset.every,
                                       workers=preset.workers)

@@ -17,7 +17,7 @@ import struct
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -430,13 +430,19 @@ class Segment:
 
   @cached_property
   def camera(self) -> CameraModel:
-    """The device road camera that recorded fcamera.hevc (UnknownCameraError for other sizes)."""
+    """The device road camera that recorded fcamera.hevc (UnknownCameraError for other sizes); a simulated
+    segment's scene file may give it another focal length (domain randomisation)."""
     path = self.video_path("road")
     w, h = video_size(path, STREAMS["road"].fmt)
     try:
-      return camera_for_size(w, h)
+      camera = camera_for_size(w, h)
     except ValueError as e:
       raise UnknownCameraError(f"{path}: {w}x{h} video: {e}") from None
+    if self.scene_path is not None:
+      from tools.fair.sim.gt import load_segment_scene
+      focal = load_segment_scene(self.path).focal
+      return camera if focal is None else replace(camera, focal=focal)
+    return camera
 
   def _encode_index(self, cs: CameraStream) -> tuple[dict[int, Any], dict[int, int], int | None]:
     """EncodeIndex events of this segment's file: by segmentId, packet lengths by encode order."""

@@ -45,6 +45,7 @@ class _FrameRecord:
   yaw_rate: float
   trans: tuple[float, ...] | None
   rot: tuple[float, ...] | None
+  height: float
 
 
 class _Encoder:
@@ -166,11 +167,12 @@ class SegmentWriter:
   def frame_count(self) -> int:
     return len(self._records)
 
-  def write_frame(self, rgb: np.ndarray, *, calib_rpy=None, v_ego: float, a_ego: float = 0.0,
-                  yaw_rate: float = 0.0, trans=None, rot=None) -> int:
+  def write_frame(self, rgb: np.ndarray, *, calib_rpy=None, height: float = DEFAULT_CAMERA_HEIGHT, v_ego: float,
+                  a_ego: float = 0.0, yaw_rate: float = 0.0, trans=None, rot=None) -> int:
     """Encode one RGB frame (uint8, camera height x width x 3) and log its state; returns its frameId.
 
-    `calib_rpy`: device_from_calib roll/pitch/yaw (rad) for liveCalibration, None: not logged.
+    `calib_rpy`: device_from_calib roll/pitch/yaw (rad) for liveCalibration (with the camera `height`, m),
+    None: not logged.
     `trans`/`rot`: cameraOdometry velocity (m/s) and angular rate (rad/s) in the device frame.
     """
     if self._closed:
@@ -185,7 +187,7 @@ class SegmentWriter:
     if calib_rpy is not None and len(calib_rpy) != 3:
       raise ValueError(f"calib_rpy must be (roll, pitch, yaw), got {calib_rpy!r}")
     self._records.append(_FrameRecord(self.frame_id_start + i, sof, sof + self.period_ns // 2, vec(calib_rpy),
-                                      float(v_ego), float(a_ego), float(yaw_rate), vec(trans), vec(rot)))
+                                      float(v_ego), float(a_ego), float(yaw_rate), vec(trans), vec(rot), float(height)))
     buf, layout = rgb_to_nv12(rgb)
     y, uv = nv12_planes(buf, layout)
     h, w = layout.height, layout.width
@@ -237,9 +239,9 @@ class SegmentWriter:
         lc.rpyCalib = list(r.calib)
         lc.rpyCalibSpread = [0.0, 0.0, 0.0]
         lc.calStatus, lc.calPerc, lc.validBlocks = "calibrated", 100, 50
-        lc.height = [DEFAULT_CAMERA_HEIGHT]
+        lc.height = [r.height]
         # calibrationd's extrinsic: view_from_road with roll dropped, camera height as translation
-        ext = np.hstack([view_from_calib((0.0, r.calib[1], r.calib[2])), [[0.0], [DEFAULT_CAMERA_HEIGHT], [0.0]]])
+        ext = np.hstack([view_from_calib((0.0, r.calib[1], r.calib[2])), [[0.0], [r.height], [0.0]]])
         lc.extrinsicMatrix = [float(a) for a in ext.ravel()]
         lc.wideFromDeviceEuler = [0.0, 0.0, 0.0]
         add(ev)

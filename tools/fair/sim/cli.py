@@ -15,21 +15,23 @@ from tools.fair.sim.world import make_scene
 
 
 def segment_name(scene: Scene, segment_num: int = 0) -> str:
-  """Folder name of a simulated segment; `--N` is the segment number, as in openpilot routes."""
-  return f"fairsim-{scene.camera}-{scene.scenario}-s{scene.seed}--{segment_num}"
+  """Folder name of a simulated segment ("-dr": domain-randomised); `--N` is the segment number, as in openpilot routes."""
+  dr = "-dr" if scene.knobs.randomise else ""
+  return f"fairsim-{scene.camera}-{scene.scenario}{dr}-s{scene.seed}--{segment_num}"
 
 
 def write_segment(scene: Scene, out_dir, progress: bool = True, overwrite: bool = False) -> Path:
   """Render every frame of `scene` and write `out_dir/<segment_name>/` (rlog.zst, fcamera.hevc,
   qcamera.ts, scene.json). Returns the segment folder."""
   path = Path(out_dir) / segment_name(scene)
-  camera = DEVICE_CAMERAS[scene.camera]
+  camera = scene.device_camera   # the device's camera, with a randomised scene's focal length
   ego = scene.ego
-  with SegmentWriter(path, camera, fps=round(scene.fps), overwrite=overwrite) as writer:
+  with SegmentWriter(path, DEVICE_CAMERAS[scene.camera], fps=round(scene.fps), overwrite=overwrite) as writer:
     for f in progress_bar(range(scene.n_frames), desc=path.name, unit="frame", disable=not progress):
       # carState.yawRate is left-positive (openpilot's vehicle frame); the scene's is right-positive (z down)
-      writer.write_frame(render_frame(scene, f, camera).rgb, calib_rpy=scene.calib.rpy, v_ego=float(ego.v[f]),
-                         a_ego=float(ego.a[f]), yaw_rate=-float(ego.yaw_rate[f]), trans=ego.trans[f], rot=ego.rot[f])
+      writer.write_frame(render_frame(scene, f, camera).rgb, calib_rpy=scene.calib.rpy, height=scene.calib.height,
+                         v_ego=float(ego.v[f]), a_ego=float(ego.a[f]), yaw_rate=-float(ego.yaw_rate[f]),
+                         trans=ego.trans[f], rot=ego.rot[f])
   scene.save(path / "scene.json")
   return path
 
@@ -41,10 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--camera", choices=sorted(DEVICE_CAMERAS), default="tici",
                  help="tici: comma 3/3X 1928x1208; mici: comma four 1344x760")
   p.add_argument("--scenario", choices=sorted(SCENARIOS), default="default", help="see docs/scene_format.md")
+  p.add_argument("--randomise", action="store_true",
+                 help="domain randomisation: random textures, lighting, camera height/angles/focal, noise, blur, JPEG")
   p.add_argument("--overwrite", action="store_true", help="replace an existing segment folder")
 
 
 def run(args: argparse.Namespace) -> int:
-  scene = make_scene(args.seed, args.seconds, args.camera, args.scenario)
+  scene = make_scene(args.seed, args.seconds, args.camera, args.scenario, randomise=args.randomise)
   print(write_segment(scene, args.out, overwrite=args.overwrite))
   return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selfdrive.modeld_fair.camera import DEVICE_CAMERAS, MEDMODEL, CameraModel, project_calib_points, view_from_calib
+from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel, project_calib_points, view_from_calib
 from selfdrive.modeld_fair.model_io import LANE_X as MODEL_LANE_X
 from tools.fair.sim.render import NEAR, Render, camera_rays, render_frame
 from tools.fair.sim.scene import Scene
@@ -116,7 +116,7 @@ def gt_camera(scene: Scene, frame: str = "camera", size=None) -> tuple[CameraMod
   """The camera model and rotation rpy of a GT image frame, optionally at size (W, H)."""
   if frame not in FRAMES:
     raise ValueError(f"unknown frame {frame!r} (valid: {', '.join(FRAMES)})")
-  base = DEVICE_CAMERAS[scene.camera] if frame == "camera" else MEDMODEL
+  base = scene.device_camera if frame == "camera" else MEDMODEL
   rpy = tuple(scene.calib.rpy) if frame == "camera" else (0.0, 0.0, 0.0)
   if size is None:
     return base, rpy

@@ -14,6 +14,7 @@ import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 
+import cv2
 import numpy as np
 
 from selfdrive.modeld_fair.camera import CameraModel, view_from_calib
@@ -333,7 +334,9 @@ def _road_pass(scene: Scene, fs: _Frame, canvas: _Canvas):
   sem[paint] = CLASS_ID["lane_marking"]
   # ground footprint of a pixel: t / f across, stretched by t / h along the road at grazing angles
   row_footprint = t.min(axis=1) ** 2 / (cam.focal * scene.calib.height)
-  albedo = ground_albedo(geo, X, d, x_e, region, paint, line, row_footprint)
+  lk = scene.look
+  albedo = ground_albedo(geo, X, d, x_e, region, paint, line, row_footprint, (lk.asphalt, lk.kerb, lk.paving, lk.grass),
+                         lk.texture)
   L, sun, ambient, horizon = _lighting_terms(scene)
   lit = ~_shadows(scene, fs, r0, hit, (X, Y, t0, Dz)) if sun.any() else None
   head = _headlight(fs, np.s_[r0:], t0) if scene.lighting.headlights else None
@@ -546,7 +549,7 @@ def _sky(scene: Scene, fs: _Frame, canvas: _Canvas):
 
 
 def _post(scene: Scene, fs: _Frame, rgb: np.ndarray) -> np.ndarray:
-  """Glare, vignetting, blur, sensor noise, 8-bit conversion."""
+  """Glare, vignetting, blur, sensor noise, 8-bit conversion, JPEG compression."""
   cam = fs.camera
   lt, sensor = scene.lighting, scene.sensor
   if lt.glare > 0 and lt.sun_elevation > -0.05:
@@ -576,6 +579,9 @@ def _post(scene: Scene, fs: _Frame, rgb: np.ndarray) -> np.ndarray:
       v += noise
     np.clip(v, 0, 255, out=v)
     out[..., c] = v
+  if sensor.jpeg:
+    buf = cv2.imencode(".jpg", np.ascontiguousarray(out[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, sensor.jpeg])[1]
+    out = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
   return out
 
 

@@ -35,6 +35,7 @@ class Knobs:
   blur: float = 0.0               # optical blur (std, pixels at 1928 px width)
   event: str = "none"             # "none" | "cut_in" | "lead_brake" | "occlusion"
   calib: tuple[float, float, float] = (1.5, 3.0, 3.0)  # max |roll|, |pitch|, |yaw| of the mounting (degrees)
+  randomise: bool = False         # domain randomisation of textures, lighting, camera and sensor (sim/domain.py)
 
   def __post_init__(self):
     if self.lighting not in LIGHTINGS:

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from selfdrive.modeld_fair.camera import rot_from_euler
+from selfdrive.modeld_fair.camera import DEVICE_CAMERAS, CameraModel, rot_from_euler
+from tools.fair.sim.domain import Look
 from tools.fair.sim.road import LineSpec, RoadSpec
 from tools.fair.sim.scenarios import Knobs
 
-FORMAT, VERSION = "fairpilot-scene", 1
+FORMAT, VERSION = "fairpilot-scene", 2
+READS = (1, 2)   # version 1: no look, focal or jpeg (their defaults)
 CAMERAS = ("tici", "mici")
 VEHICLE_KINDS = ("car", "suv", "van", "truck")
 ACTOR_KINDS = VEHICLE_KINDS + ("pedestrian",)
@@ -99,6 +101,7 @@ class Sensor:
   blur: float       # gaussian blur std in pixels at 1928 px width (scales with the image)
   vignette: float   # relative darkening at the image corners
   exposure: float   # gain
+  jpeg: int = 0     # JPEG quality of a compression pass (0: none)
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,6 +167,14 @@ class Scene:
   sensor: Sensor
   ego: EgoTrack
   actors: tuple[Actor, ...] = field(default_factory=tuple)
+  look: Look = Look()
+  focal: float | None = None   # device camera focal length (px); None: the device's own
+
+  @property
+  def device_camera(self) -> CameraModel:
+    """The camera that records the segment: the device camera, with the scene's focal length when it has one."""
+    base = DEVICE_CAMERAS[self.camera]
+    return base if self.focal is None else replace(base, focal=self.focal)
 
   # --- poses ---
   def check_frame(self, frame: int) -> int:
@@ -208,6 +219,7 @@ class Scene:
       "actors": [{"id": a.id, "kind": a.kind, "role": a.role, "size": list(a.size), "color": list(a.color),
                   "color2": list(a.color2), "first_frame": a.first_frame,
                   **{k: _pack(getattr(a, k), n) for k, n in ACTOR_DECIMALS.items()}} for a in self.actors],
+      "look": self.look.to_dict(), "focal": self.focal,
     }
 
   def to_json(self) -> str:
@@ -231,8 +243,8 @@ class Scene:
       raise ValueError(f"not a scene file (invalid JSON: {err})") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
       raise ValueError(f"not a scene file: expected \"format\": \"{FORMAT}\"")
-    if d.get("version") != VERSION:
-      raise ValueError(f"unsupported scene file version {d.get('version')!r} (this reader supports {VERSION})")
+    if d.get("version") not in READS:
+      raise ValueError(f"unsupported scene file version {d.get('version')!r} (this reader supports {', '.join(map(str, READS))})")
     return cls._from_dict(d)
 
   @classmethod
@@ -254,4 +266,5 @@ class Scene:
                          a["first_frame"], _unpack(a["x"]), _unpack(a["y"]), _unpack(a["yaw"])) for a in d["actors"])
     c = d["calibration"]
     return cls(d["seed"], d["scenario"], d["camera"], d["fps"], d["n_frames"], Calibration(tuple(c["rpy"]), c["height"]),
-               Knobs.from_dict(d["knobs"]), road, props, lighting, Sensor(**d["sensor"]), ego, actors)
+               Knobs.from_dict(d["knobs"]), road, props, lighting, Sensor(**d["sensor"]), ego, actors,
+               Look.from_dict(d["look"]) if "look" in d else Look(), d.get("focal"))

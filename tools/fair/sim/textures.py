@@ -127,15 +127,17 @@ _GROUND_BASE = np.array([ASPHALT, KERB, PAVING, GRASS], _F32).T.copy()
 _GROUND_VAR = np.array([0.5, 0.4, 0.4, 1.0], _F32)
 
 
-def ground_albedo(road, x, d, x_shift: float, region, paint, line, row_footprint):
+def ground_albedo(road, x, d, x_shift: float, region, paint, line, row_footprint, base=None, contrast: float = 1.0):
   """Albedo planes of the ground at ego-relative x and lateral offset d.
 
   region: 0 asphalt, 1 kerb, 2 paving (sidewalk), 3 grass; paint/line from Road.paint;
-  row_footprint: the smallest ground footprint (m) of a pixel in each row (texture filtering).
+  row_footprint: the smallest ground footprint (m) of a pixel in each row (texture filtering);
+  base: the four regions' colours (default ASPHALT, KERB, PAVING, GRASS), contrast: ground texture gain.
   """
   spec = road.spec
+  base = _GROUND_BASE if base is None else np.array(base, _F32).T.copy()
   noise = mip_noise(ground_mips(spec.texture_seed), x, d, x_shift, row_footprint)
-  tex = _GROUND_VAR[region] * noise
+  tex = (_GROUND_VAR * _F32(contrast))[region] * noise
   tex += _F32(1)
   # darker, polished wheel tracks 0.85 m either side of every lane centre
   dl = np.abs(d - _F32(road.offsets[0]))
@@ -147,7 +149,7 @@ def ground_albedo(road, x, d, x_shift: float, region, paint, line, row_footprint
     jd = d * _F32(1 / 0.6)
     joint = (np.minimum(jx - np.floor(jx), jd - np.floor(jd)) < _F32(0.05)) & (region == 2)
     tex *= _F32(1) - _F32(0.3) * joint * lod(0.6, row_footprint[:, None])
-  out = [tex * np.take(_GROUND_BASE[c], region) for c in range(3)]
+  out = [tex * np.take(base[c], region) for c in range(3)]
   idx = np.flatnonzero(paint)
   if len(idx):
     j = line.ravel()[idx]

@@ -1,9 +1,12 @@
 """Building a scene from a seed: road, props, lighting, sensor and trajectories (make_scene)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from selfdrive.modeld_fair.camera import DEFAULT_CAMERA_HEIGHT
+from selfdrive.modeld_fair.camera import DEFAULT_CAMERA_HEIGHT, DEVICE_CAMERAS
+from tools.fair.sim import domain
 from tools.fair.sim.road import LineSpec, RoadSpec
 from tools.fair.sim.scenarios import Knobs, scenario_knobs
 from tools.fair.sim.scene import (ACTOR_DECIMALS, CAMERAS, EGO_DECIMALS, Actor, Calibration, EgoTrack, Lighting, Prop,
@@ -16,15 +19,19 @@ MAX_HEADING = 0.3     # rad: keeps the small-angle road parametrisation honest
 
 
 def make_scene(seed: int, seconds: float, camera: str = "tici", scenario: str | Knobs = "default",
-               fps: float = 20) -> Scene:
+               fps: float = 20, randomise: bool = False) -> Scene:
   """A deterministic simulated segment: the same arguments give the same scene (and pixels).
 
   camera: "tici" (comma 3/3X, 1928x1208) or "mici" (comma four, 1344x760); scenario: a name from
-  scenarios.SCENARIOS or a Knobs instance. ValueError for unknown names or bad durations.
+  scenarios.SCENARIOS or a Knobs instance. randomise (or the knobs' randomise): domain randomisation
+  (sim/domain.py) on top of the scenario, with the same road and traffic as without.
+  ValueError for unknown names or bad durations.
   """
   if camera not in CAMERAS:
     raise ValueError(f"unknown camera {camera!r} (valid: {', '.join(CAMERAS)})")
   knobs = scenario_knobs(scenario)
+  if randomise:
+    knobs = replace(knobs, randomise=True)
   name = scenario if isinstance(scenario, str) else "custom"
   if not (seconds > 0 and fps > 0):
     raise ValueError(f"seconds and fps must be positive, got {seconds}, {fps}")
@@ -34,6 +41,9 @@ def make_scene(seed: int, seconds: float, camera: str = "tici", scenario: str | 
   roll, pitch, yaw = np.deg2rad(knobs.calib) * rng.uniform(-1, 1, 3)
   calib = Calibration(tuple(float(a) for a in _q([roll, pitch, yaw], 6)),
                       float(_q(DEFAULT_CAMERA_HEIGHT + rng.uniform(-0.06, 0.06), 3)))
+  dr = np.random.default_rng([seed, domain.STREAM]) if knobs.randomise else None
+  if dr is not None:
+    calib = Calibration(*domain.mounting(dr))
   v_e = float(rng.uniform(*knobs.speed))
   road = _road(rng, knobs, length=v_e * 1.3 * n_frames / fps + ROAD_BEYOND + BEHIND + 100)
   geo = road.geometry
@@ -43,8 +53,12 @@ def make_scene(seed: int, seconds: float, camera: str = "tici", scenario: str | 
   ego = EgoTrack(**{k: _q(tracks.ego[k], n) for k, n in EGO_DECIMALS.items()})
   actors = tuple(Actor(a["id"], a["kind"], a["role"], a["size"], a["color"], a["color2"], a["first_frame"],
                        **{k: _q(a[k], n) for k, n in ACTOR_DECIMALS.items()}) for a in tracks.actors)
-  return Scene(int(seed), name, camera, float(fps), n_frames, calib, knobs, road, props, _lighting(rng, knobs),
-               Sensor(knobs.noise, knobs.blur, 0.0 if knobs.noise == 0 else 0.25, 1.0), ego, actors)
+  lighting = _lighting(rng, knobs)
+  sensor = Sensor(knobs.noise, knobs.blur, 0.0 if knobs.noise == 0 else 0.25, 1.0)
+  if dr is None:
+    return Scene(int(seed), name, camera, float(fps), n_frames, calib, knobs, road, props, lighting, sensor, ego, actors)
+  return Scene(int(seed), name, camera, float(fps), n_frames, calib, knobs, road, props, domain.lighting(dr, lighting),
+               domain.sensor(dr, sensor), ego, actors, domain.look(dr), domain.focal(dr, DEVICE_CAMERAS[camera].focal))
 
 
 def _curvature(rng, n: int, kmax: float) -> np.ndarray:
