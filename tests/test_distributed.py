@@ -134,3 +134,16 @@ def test_world_from_env():
   for bad in ({"RANK": "2", "WORLD_SIZE": "2"}, {"RANK": "x", "WORLD_SIZE": "2"}):
     with pytest.raises(ValueError, match="RANK"):
       World.from_env(bad)
+
+
+def test_gpu_smoke_dry_run_on_cpu(tmp_path):
+  """bench/gpu_smoke.py (the GPU machine's script) runs here on the CPU: warm-up run, resumed timed run, result."""
+  import json
+
+  from bench.gpu_smoke import main
+  assert main(["--device", "cpu", "--steps", "3", "--warmup", "1", "--batch-size", "4", "--workers", "0",
+               "--out", str(tmp_path)]) == 0
+  result = json.loads((tmp_path / "result.json").read_text())
+  assert (result["device"], result["world_size"], result["global_batch"], result["timed_steps"]) == ("cpu", 1, 4, 2)
+  assert result["steps_per_s"] > 0 and result["amp"] == "off"
+  assert log(tmp_path / "run") and [int(s) for s in log(tmp_path / "run", "step")] == [1, 2, 3]
