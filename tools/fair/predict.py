@@ -106,12 +106,10 @@ def _frame_report(name: str, size: tuple[int, int], out: FairOutput) -> FrameRep
                      round(float(np.median(d)), 2) if d.size else float("inf"), round(out.ego_motion.trans[0], 2))
 
 
-def predict(paths: list[Path], k: Pinhole, runner: Runner, out_dir: Path, *, height: float = DEFAULT_CAMERA_HEIGHT,
-            pitch: float = 0.0) -> list[FrameReport]:
-  """Run the student over the frames (module doc); writes the overlays and the report, returns it."""
-  from tools.fair.replay import prediction_panels
-  out_dir.mkdir(parents=True, exist_ok=True)
-  rpy, history, tables, reports = (0.0, pitch, 0.0), FrameHistory(), {}, []
+def student_outputs(paths: list[Path], k: Pinhole, runner: Runner, pitch: float = 0.0) \
+    -> Iterator[tuple[str, np.ndarray, np.ndarray, FairOutput]]:
+  """(name, frame as read, model-frame RGB 512x256, decoded FairOutput) of each frame (module doc)."""
+  rpy, history, tables = (0.0, pitch, 0.0), FrameHistory(), {}
   for i, (name, rgb) in enumerate(read_frames(paths)):
     view, cam = camera_view(rgb, k)
     if cam not in tables:
@@ -123,7 +121,17 @@ def predict(paths: list[Path], k: Pinhole, runner: Runner, out_dir: Path, *, hei
     out = FairOutput(frame_id=i, invalid_reason="nonFiniteOutput", invalid_detail=f"output {bad!r}") if bad else \
       decode_outputs(raw)
     out.frame_id = i
-    panels = prediction_panels(warp_rgb(buf, tables[cam][1]), out, height)
+    yield name, rgb, warp_rgb(buf, tables[cam][1]), out
+
+
+def predict(paths: list[Path], k: Pinhole, runner: Runner, out_dir: Path, *, height: float = DEFAULT_CAMERA_HEIGHT,
+            pitch: float = 0.0) -> list[FrameReport]:
+  """Run the student over the frames (module doc); writes the overlays and the report, returns it."""
+  from tools.fair.replay import prediction_panels
+  out_dir.mkdir(parents=True, exist_ok=True)
+  reports = []
+  for i, (name, rgb, model_rgb, out) in enumerate(student_outputs(paths, k, runner, pitch)):
+    panels = prediction_panels(model_rgb, out, height)
     ok, png = cv2.imencode(".png", cv2.cvtColor(with_key(mosaic(panels, columns=1), ["MODEL"]), cv2.COLOR_RGB2BGR))
     atomic_write(out_dir / f"{i:04d}_{name}.png", png.tobytes())
     reports.append(_frame_report(name, (rgb.shape[1], rgb.shape[0]), out))
