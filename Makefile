@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --no-cache-dir --disable-pip-version-check -q
 
-.PHONY: setup demo test test-slow bench samples replay-refs artifacts transfer
+.PHONY: setup setup-gpu gpu-torch-given demo test test-slow bench samples replay-refs artifacts transfer
 
 setup: $(STAMP)
 
@@ -18,6 +18,17 @@ $(STAMP): pyproject.toml
 	@# Meta's CoTracker code is not on PyPI: tests take its package out of the napari-cotrack wheel (not vendored)
 	$(PY) -m tools.fair.teachers.fetch_cotracker --target $(VENV)/extern
 	@touch $@
+
+# a CUDA torch in place of the CPU wheel (docs/gpu.md), e.g. on an x86 GPU box or a DGX Spark (aarch64):
+#   make setup-gpu TORCH_INDEX=https://download.pytorch.org/whl/cu130      or   make setup-gpu TORCH_WHEEL=torch-....whl
+TORCH ?= torch==2.13.0
+setup-gpu: gpu-torch-given $(STAMP)
+	$(PY) -m pip uninstall -y -q torch
+	$(PIP) $(if $(TORCH_WHEEL),$(TORCH_WHEEL),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple $(TORCH))
+	$(PY) -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'GPU', torch.cuda.is_available())"
+
+gpu-torch-given:
+	@test -n "$(TORCH_INDEX)$(TORCH_WHEEL)" || { echo "make setup-gpu: give TORCH_INDEX=URL (e.g. https://download.pytorch.org/whl/cu130) or TORCH_WHEEL=FILE" >&2; exit 2; }
 
 demo: $(STAMP)
 	$(VENV)/bin/fair demo
