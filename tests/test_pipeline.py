@@ -68,6 +68,7 @@ def workdir(tmp_path_factory, request):
   for p in s:
     assert fair_main(["lanes", p, "--out", "data/labels/routes", "--max-frames", "8", "--scale", "0.5",
                       "--quiet"]) == 0
+  assert fair_main(["ego", *s, "--out", "data/labels/routes"]) == 0
   _stand_in_teachers(FrameCache(wd / "data/cache/routes"), LabelStore(wd / "data/labels/routes"))
   return wd
 
@@ -85,7 +86,7 @@ def test_nano_distill_trains_every_head_from_the_label_store(workdir):
   recipe = RECIPES / "nano_distill.toml"
   assert fair_main(["train", str(recipe), "--steps", "2", "--batch-size", "2", "--out", "runs/distill", "--quiet"]) == 0
   row = _last_row(workdir / "runs/distill")
-  terms = ["depth", "depth_grad", "seg", "kd_seg", "obj_heatmap", "obj_box", "obj_depth", "lanes", "lane_prob",
+  terms = ["depth", "depth_grad", "seg", "kd_seg", "obj_heatmap", "obj_box", "obj_depth", "lanes", "lane_prob", "ego",
            "feat/stages.2", "feat/stages.3", "at/stages.2", "at/stages.3"]
   values = {t: float(row[t]) for t in terms}
   assert all(np.isfinite(v) for v in values.values()), values

@@ -24,6 +24,7 @@ COMMANDS = {
   "label": ("tools.fair.labels.cli", "pseudo-label segments with teachers into a sharded, resumable label store"),
   "flow-train": ("tools.fair.flow.train", "train the unsupervised (UnSAMFlow-style) flow network on segments"),
   "lanes": ("tools.fair.lanes.cli", "lane pseudo-labels: init lane points, track them, lift to the road frame"),
+  "ego": ("tools.fair.labels.ego", "ego-motion labels from a route's cameraOdometry / carState into a label store"),
   "train": ("tools.fair.distill.cli", "train / distil a student from a recipe config (resumes exactly)"),
   "stats": ("tools.fair.data.stats", "dataset statistics and plots (class balance, depth, objects, lanes)"),
   "env": ("tools.fair.env", "versions, devices and where teacher weights are looked for (paste it into bug reports)"),
@@ -51,6 +52,7 @@ EXAMPLES = {
   "flow-train": f"fair flow-train {S} --out /tmp/flow --minutes 5\n"
                 "python -m tools.fair.flow.train --pairs pairs.npz --out /tmp/flow --device cuda --steps 20000",
   "lanes": f"fair lanes {S} --tracker lk --init gt --out /tmp/store",
+  "ego": f"fair ego {S} --out /tmp/store",
   "train": "fair train tools/fair/distill/recipes/nano_gt.toml --steps 200 --out /tmp/run\n"
            "fair train tools/fair/distill/recipes/nano_gt.toml --out /tmp/run --resume\n"
            "torchrun --nproc-per-node 2 -m tools.fair.cli train tools/fair/distill/recipes/nano_gt.toml --out /tmp/ddp",

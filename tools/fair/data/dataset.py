@@ -25,7 +25,7 @@ from tools.fair.data.cache import FrameCache
 from tools.fair.data.targets import boxes_from_masks, sample_targets
 from tools.fair.labels.schema import check_entry
 
-TASKS = ("depth", "seg", "panoptic", "detection", "features", "lanes")
+TASKS = ("depth", "seg", "panoptic", "detection", "features", "lanes", "ego")
 _GT_FIELDS = ("depth", "semantic", "box_xyxy", "box_cls", "box_count", "box_pos", "lanes", "lane_visible",
               "lane_exists", "ego")
 # (teacher, segment) label arrays kept per process: shuffled sampling touches every segment each epoch, and a miss
@@ -158,6 +158,8 @@ class StudentDataset(Dataset):
           s["probs"] = a["probs"].astype(np.float32)
     if lab.get("features"):
       s["features"] = lab["features"][0]["features"].astype(np.float32)
+    if lab.get("ego") and not have_gt:
+      s["ego"] = lab["ego"][0]["ego"].astype(np.float32)   # labels/ego.py
     if lab.get("lanes") and not have_gt:
       a = lab["lanes"][0]
       s.update(lanes=a["lanes"], lane_visible=a["visible"], lane_exists=a["exists"])   # lanes.write_labels

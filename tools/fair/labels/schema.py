@@ -59,7 +59,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
 
 # what each StudentDataset task reads
 TASK_KINDS = {"depth": ("depth",), "seg": ("semantic", "panoptic"), "panoptic": ("panoptic",),
-              "detection": ("detection",), "features": ("features",), "lanes": ("lanes",)}
+              "detection": ("detection",), "features": ("features",), "lanes": ("lanes",), "ego": ("ego",)}
 
 
 def kind_of(names, where: str) -> str:
