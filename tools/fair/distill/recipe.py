@@ -81,6 +81,14 @@ class DoraSection:
 
 
 @dataclass(frozen=True)
+class QuantSection:
+  """Quantization-aware training (tools/fair/distill/qat.py): from optimizer step `start_step` on the student
+  trains through INT8 fake quantization; `fair export RUN --format onnx-int8` then writes its QDQ graph."""
+  qat: bool = False
+  start_step: int = 0             # fake quantization from this optimizer step (0: from the start)
+
+
+@dataclass(frozen=True)
 class RunSection:
   seed: int = 0
   out: str = "runs/default"
@@ -101,11 +109,12 @@ class Recipe:
   loss: LossConfig = LossConfig()
   optim: OptimSection = OptimSection()
   dora: DoraSection = DoraSection()
+  quant: QuantSection = QuantSection()
   run: RunSection = RunSection()
 
 
 SECTIONS = {"student": StudentSection, "data": DataSection, "teacher": TeacherSection, "loss": LossConfig,
-            "optim": OptimSection, "dora": DoraSection, "run": RunSection}
+            "optim": OptimSection, "dora": DoraSection, "quant": QuantSection, "run": RunSection}
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -233,6 +242,12 @@ def _validate(r: Recipe, where: str) -> None:
   _check(d.alpha > 0, f"{dw} alpha", "must be > 0")
   _check(0 <= d.dropout < 1, f"{dw} dropout", "must be in [0, 1)")
   _check(bool(d.target_modules), f"{dw} target_modules", "must not be empty")
+  q, qw = r.quant, f"{where} [quant]"
+  _check(q.start_step >= 0, f"{qw} start_step", "must be >= 0")
+  _check(not q.qat or not d.enabled, f"{qw} qat", "does not combine with [dora] enabled (train the full student)")
+  _check(not q.qat or o.ema_decay == 0, f"{qw} qat", "does not combine with [optim] ema_decay > 0")
+  _check(not q.qat or not (r.loss.weights["feat"] > 0 or r.loss.weights["at"] > 0), f"{qw} qat",
+         "does not combine with feat / at loss weights (the exported graph has no stage hooks)")
   u, uw = r.run, f"{where} [run]"
   _check(u.keep_last >= 1, f"{uw} keep_last", "must be >= 1")
   _check(u.save_every >= 0, f"{uw} save_every", "must be >= 0")

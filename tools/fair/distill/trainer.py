@@ -379,6 +379,25 @@ class DistillationTrainer:
     # validation (no grad) runs on rank 0 alone: outside DDP, whose forward may wait for the other ranks
     return (self.ddp if self.ddp is not None and torch.is_grad_enabled() else self.net)(batch)
 
+  def _start_qat(self) -> None:
+    """From here on the model is the fake-quantized graph of the student (same parameters, same optimizer)."""
+    from tools.fair.distill.qat import prepare
+    if self.ddp is not None:
+      raise ValueError("[quant] qat trains in one process (the fake-quantized graph is not wrapped for DDP)")
+    n = len(self.train_ds)
+    img = collate([self.train_ds[0], self.train_ds[min(1, n - 1)]])["img"].to(self.device)
+    was = self.model.training
+    prepared = prepare(self.model, img)
+    known = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+    if not {id(p) for p in prepared.parameters() if p.requires_grad} <= known:
+      raise RuntimeError("the fake-quantized student does not share the student's parameters")
+    self.model = self.net.model = prepared
+    self.model.train(was)
+
+  @property
+  def qat_active(self) -> bool:
+    return isinstance(self.model, torch.fx.GraphModule)
+
   def _optimizer_step(self) -> tuple[float, float]:
     o = self.recipe.optim
     lr = o.lr * lr_factor(self.step, o.warmup_steps, self.total_steps, o.schedule, o.min_lr_ratio)
@@ -413,6 +432,8 @@ class DistillationTrainer:
       t_step = time.perf_counter()
       loader = self._loader(todo, self.train_ds, r.seed * 1_000_003 + self.epoch * 100_003 + self.batch_in_epoch)
       for batch in loader:
+        if self.recipe.quant.qat and self.step >= self.recipe.quant.start_step and not self.qat_active:
+          self._start_qat()
         last = (self.batch_in_epoch + 1) % o.accumulate == 0
         with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
           res = self._forward(self._to_device(batch))
@@ -588,6 +609,10 @@ class DistillationTrainer:
                          "partial): pass --restart to start the run over (its logs and best/ are replaced)")
       return False
     model_state, state = self.ckpt.load(ckpt)  # on CPU: RNG states must stay CPU tensors
+    from tools.fair.distill.qat import is_qat_state, load_state
+    qat = is_qat_state(model_state)
+    if qat and not self.qat_active:   # the run was past [quant] start_step: the fake-quantized graph first
+      self._start_qat()
     fix = "resume with the recipe the run was trained with, or pass --restart to start it over"
     mine = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in model_state.items()}
@@ -595,7 +620,10 @@ class DistillationTrainer:
       diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
       raise ValueError(f"{ckpt.path}: a checkpoint of another model ({len(diff)} tensors missing or of another "
                        f"shape, e.g. {diff[0]} {theirs.get(diff[0])} vs this recipe's {mine.get(diff[0])}): {fix}")
-    self.model.load_state_dict(model_state)
+    if qat:
+      load_state(self.model, model_state)
+    else:
+      self.model.load_state_dict(model_state)
     try:
       self.load_state_dict(state)
     except (ValueError, KeyError, RuntimeError, TypeError) as e:   # optimizer groups, loss terms, EMA of another recipe

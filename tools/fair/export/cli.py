@@ -85,9 +85,19 @@ def runner_outputs(runner, frames: np.ndarray) -> dict[str, np.ndarray]:
 
 # ---- the run's model
 
-def load_student(run: Path, checkpoint: str = "auto", recipe: str | None = None):
-  """(eval Student, Checkpoint) of a `fair train` run folder: its best checkpoint (auto: best if present, else
-  the newest), DoRA adapters merged (needs the run's recipe). The student size is found from the weights."""
+@dataclass(frozen=True)
+class Loaded:
+  """A run's student: eval-mode weights, the checkpoint, and for a quantization-aware run its whole state
+  (weights + learnt fake quantization) that the INT8 export converts."""
+  model: torch.nn.Module
+  ckpt: object
+  qat_state: dict | None
+
+
+def load_student(run: Path, checkpoint: str = "auto", recipe: str | None = None) -> Loaded:
+  """The student of a `fair train` run folder: its best checkpoint (auto: best if present, else the newest),
+  DoRA adapters merged (needs the run's recipe). The student size is found from the weights."""
+  from tools.fair.distill.qat import float_state, is_qat_state
   from tools.fair.distill.checkpoint import CheckpointManager
   from tools.fair.students.efficientvit import CONFIGS, build_student
   if not run.is_dir():
@@ -100,6 +110,8 @@ def load_student(run: Path, checkpoint: str = "auto", recipe: str | None = None)
     raise ExportError(f"{run}: no valid {'' if checkpoint == 'auto' else checkpoint + ' '}checkpoint "
                       f"(expected {run}/best/ or {run}/checkpoints/step-*/)")
   state, _ = mgr.load(ckpt)
+  qat_state = state if is_qat_state(state) else None
+  state = float_state(state)
   if any(k.startswith("base_model.") for k in state):
     if recipe is None:
       raise ExportError(f"{ckpt.path}: a DoRA checkpoint: pass --recipe (the run's recipe TOML)")
@@ -108,14 +120,14 @@ def load_student(run: Path, checkpoint: str = "auto", recipe: str | None = None)
     from tools.fair.distill.trainer import build_model
     model = build_model(load_recipe(recipe))
     model.load_state_dict(state)
-    return merge_for_export(model).eval(), ckpt
+    return Loaded(merge_for_export(model).eval(), ckpt, None)
   for cfg in CONFIGS.values():
     model = build_student(cfg)
     try:
       model.load_state_dict(state, strict=True)
     except RuntimeError:
       continue
-    return model.eval(), ckpt
+    return Loaded(model.eval(), ckpt, qat_state)
   raise ExportError(f"{ckpt.path}: the weights match no student config ({', '.join(CONFIGS)})")
 
 
@@ -176,6 +188,17 @@ def build_int8(fp32: Path, dst: Path, model, frames: Frames, method: str) -> dic
           "float_nodes": float_nodes(onnx.load(str(fp32)))}
 
 
+def build_qat_int8(loaded: Loaded, dst: Path, frames: Frames) -> dict:
+  """The QDQ ONNX of a quantization-aware run: its fake quantization, converted (no calibration here)."""
+  import copy
+
+  from tools.fair.distill.qat import load_state, prepare, to_onnx
+  prepared = prepare(copy.deepcopy(loaded.model), torch.from_numpy(frames.calibration[:2]))
+  load_state(prepared, loaded.qat_state)
+  to_onnx(prepared, dst)
+  return {"calibration": {"method": "qat", "source": f"fake quantization learnt by step {loaded.ckpt.step}"}}
+
+
 def tinygrad_env(device: str, half: bool) -> dict[str, str]:
   """tinygrad's settings of a build. In tinygrad 0.14 FLOAT16 acts only in the image conv / matmul paths, so a
   half build also sets IMAGE=2 (as openpilot's device builds do)."""
@@ -204,7 +227,8 @@ def export(run: Path, fmt: str, out: Path | None = None, bundle: bool = False, s
     raise ExportError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
   if bundle and fmt not in ("onnx", "onnx-fp16", "onnx-int8"):
     raise ExportError(f"--bundle takes an ONNX format (the daemon loads student.onnx), not {fmt}")
-  model, ckpt = load_student(run, checkpoint, recipe)
+  loaded = load_student(run, checkpoint, recipe)
+  model, ckpt = loaded.model, loaded.ckpt
   frames = load_frames(segments or sample_paths(), real)
   with tempfile.TemporaryDirectory(dir=run) as d:
     tmp = Path(d)
@@ -218,7 +242,10 @@ def export(run: Path, fmt: str, out: Path | None = None, bundle: bool = False, s
       extra |= {"precision": "fp16",
                 "verification": verify(_ort(files["student.onnx"]), model, frames, GATES["fp16"])}
     elif fmt == "onnx-int8":
-      extra |= {"precision": "int8", **build_int8(fp32, tmp / "int8.onnx", model, frames, calib_method)}
+      if loaded.qat_state is not None:
+        extra |= {"precision": "int8", **build_qat_int8(loaded, tmp / "int8.onnx", frames)}
+      else:
+        extra |= {"precision": "int8", **build_int8(fp32, tmp / "int8.onnx", model, frames, calib_method)}
       files["student.onnx"] = tmp / "int8.onnx"
       extra["verification"] = verify(_ort(files["student.onnx"]), model, frames, GATES["int8"])
     elif fmt == "tinygrad":

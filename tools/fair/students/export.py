@@ -24,7 +24,7 @@ from tools.fair.students.stats import model_stats
 PARITY_RTOL = 1e-4  # max |ort - torch| / max |torch|, per output
 
 
-class _Ordered(nn.Module):
+class OrderedOutputs(nn.Module):
   """The student's dict as a tuple in OUTPUT_NAMES order (ONNX outputs are positional)."""
 
   def __init__(self, student: nn.Module):
@@ -58,10 +58,10 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
   img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, INPUT_SHAPE, dtype=np.uint8))
   with warnings.catch_warnings(), torch.no_grad():
     warnings.simplefilter("ignore")  # the exporter's deprecation / torchvision notices are noise here
-    torch.onnx.export(_Ordered(folded), (img,), str(path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+    torch.onnx.export(OrderedOutputs(folded), (img,), str(path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                       opset_version=opset, dynamo=True, external_data=False, verbose=False)
     expected = ref(img)
-  _check_graph(onnx.load(str(path)), opset)
+  check_graph(onnx.load(str(path)), opset)
   got = dict(zip(OUTPUT_NAMES, ort_session(path).run(list(OUTPUT_NAMES), {INPUT_NAME: img.numpy()})))
   for name in OUTPUT_NAMES:
     e = expected[name].numpy()
@@ -71,7 +71,8 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
   return path
 
 
-def _check_graph(m: onnx.ModelProto, opset: int) -> None:
+def check_graph(m: onnx.ModelProto, opset: int) -> None:
+  """RuntimeError unless `m` passes the onnx checker, has no BatchNormalization, has `opset` and model_io's I/O."""
   onnx.checker.check_model(m)
   ops = {n.op_type for n in m.graph.node}
   if "BatchNormalization" in ops:
