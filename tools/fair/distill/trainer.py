@@ -609,13 +609,14 @@ class DistillationTrainer:
                          "partial): pass --restart to start the run over (its logs and best/ are replaced)")
       return False
     model_state, state = self.ckpt.load(ckpt)  # on CPU: RNG states must stay CPU tensors
-    from tools.fair.distill.qat import is_qat_state, load_state
+    from tools.fair.distill.qat import FAKE_QUANT_PREFIX, is_qat_state, load_state
     qat = is_qat_state(model_state)
     if qat and not self.qat_active:   # the run was past [quant] start_step: the fake-quantized graph first
       self._start_qat()
     fix = "resume with the recipe the run was trained with, or pass --restart to start it over"
-    mine = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in model_state.items()}
+    def shapes(state):  # QAT observers take their size at their first forward: only their names must match
+      return {k: None if k.startswith(FAKE_QUANT_PREFIX) else tuple(v.shape) for k, v in state.items()}
+    mine, theirs = shapes(self.model.state_dict()), shapes(model_state)
     if mine != theirs:
       diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
       raise ValueError(f"{ckpt.path}: a checkpoint of another model ({len(diff)} tensors missing or of another "
