@@ -1,5 +1,8 @@
 """`fair export RUN --format ...`: from a training checkpoint to verified artifacts, FP16 safety, INT8, TensorRT."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +23,9 @@ from tools.fair.students import build_student, student_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "selfdrive/modeld_fair/models/student.onnx"
-# real road images live beside the checkout on these machines (never in it: licences)
-REAL = next((p for p in (ROOT.parent / "shared/data/real", ROOT.parents[1] / "shared/data/real") if p.is_dir()), None)
+# real road images live beside the checkout (never in it: licences); FAIRPILOT_SHARED points elsewhere
+_SHARED = Path(os.environ.get("FAIRPILOT_SHARED", ROOT.parent / "shared"))
+REAL = next((p for p in (_SHARED / "data/real", ROOT.parents[1] / "shared/data/real") if p.is_dir()), None)
 torch.set_num_threads(1)
 
 
@@ -92,6 +96,37 @@ def test_bundled_student_fp16_matches_fp32_on_real_and_generated_frames(tmp_path
     checks = cli.compare(cli.runner_outputs(fp16, x), cli.runner_outputs(fp32, x), cli.GATES["fp16"])
     assert all(c.finite for c in checks.values()), name
     assert all(c.max_rel <= 1e-2 for c in checks.values()), (name, checks)
+
+
+_TINYGRAD_FP16_CHECK = """
+import sys, numpy as np
+from selfdrive.modeld_fair.runner import OnnxRuntimeRunner, TinygradRunner
+from tools.fair.export import cli
+frames = np.load(sys.argv[3])
+for name in frames.files:
+  x = frames[name]
+  checks = cli.compare(cli.runner_outputs(TinygradRunner(sys.argv[2]), x),
+                       cli.runner_outputs(OnnxRuntimeRunner(sys.argv[1]), x), cli.GATES["fp16"])
+  for k, c in checks.items():
+    print(name, k, c.finite, c.max_rel)
+"""
+
+
+@pytest.mark.slow
+def test_bundled_student_tinygrad_fp16_matches_fp32_on_real_and_generated_frames(tmp_path, generated):
+  """tinygrad FLOAT16=1 (with IMAGE=2, as the comma device build) on CPU: no overflow, no NaN, every output within
+  1e-2 of onnxruntime FP32 on real and generated frames."""
+  env = {**os.environ, **cli.tinygrad_env("CPU", half=True)}
+  pkl = tmp_path / "student_fp16.pkl"
+  subprocess.run([sys.executable, "-m", "selfdrive.modeld_fair.compile_model", str(BUNDLED), str(pkl)], env=env,
+                 check=True, cwd=ROOT, capture_output=True)
+  np.savez(tmp_path / "frames.npz", generated=generated, **({"real": image_inputs(REAL)} if REAL else {}))
+  out = subprocess.run([sys.executable, "-c", _TINYGRAD_FP16_CHECK, str(BUNDLED), str(pkl), str(tmp_path / "frames.npz")],
+                       env=env, check=True, cwd=ROOT, capture_output=True, text=True).stdout.split()
+  rows = [out[i:i + 4] for i in range(0, len(out), 4)]
+  assert {r[0] for r in rows} == {"generated", *(["real"] if REAL else [])} and len(rows) % len(OUTPUT_NAMES) == 0
+  for name, output, finite, rel in rows:
+    assert finite == "True" and float(rel) <= 1e-2, (name, output, rel)
 
 
 def test_int8_is_qdq_keeps_output_layers_float_and_agrees(tmp_path, generated):
