@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_distill import SyntheticDataset
+from tools.fair.distill.synthetic import SyntheticDataset
 from tools.fair.distributed import World
 
 torch.set_num_threads(1)
