@@ -68,5 +68,5 @@ def test_frames_before_the_first_calibration_use_it_in_every_tool(tmp_path):
   shutil.rmtree(tmp_path / "c", ignore_errors=True)
   assert main(["cache", str(seg), "--out", str(tmp_path / "c"), "--quiet"]) == 0
   from safetensors.numpy import load_file
-  calib = np.concatenate([load_file(p)["calib"] for p in sorted((tmp_path / "c" / seg.name).glob("*.safetensors"))])
+  calib = np.concatenate([load_file(p)["calib"] for p in sorted((tmp_path / "c" / s.content_id).glob("*.safetensors"))])
   assert np.allclose(calib, frames[-1].calib_rpy, atol=1e-6)

@@ -117,3 +117,18 @@ def test_a_resume_with_another_recipe_is_one_line_and_keeps_the_run(tmp_path, ca
   capsys.readouterr()
   one_line_error(capsys, _train(recipe, tmp_path, "--steps", "3", "--resume"), needle, "--restart")
   assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("argv", [
+  ["label", "{seg}", "--teachers", "dinov2", "--weights", "{w}", "--out", "{tmp}/s"],
+  ["lanes", "{seg}", "--tracker", "lk", "--init", "gt", "--out", "{tmp}/s"],
+  ["flow-train", "{seg}", "--out", "{tmp}/f", "--steps", "1"],
+  ["train", "{recipe}", "--out", "{tmp}/run", "--steps", "1"],
+], ids=["label", "lanes", "flow-train", "train"])
+def test_device_cuda_without_cuda_is_one_line(segment, weights, tmp_path, capsys, argv):
+  (tmp_path / "r.toml").write_text(GOOD)
+  rc = main([a.format(seg=segment, w=weights, tmp=tmp_path, recipe=tmp_path / "r.toml") for a in argv] +
+            ["--device", "cuda", "--quiet"])
+  one_line_error(capsys, rc, "--device cuda: no CUDA device")
+  assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "s").exists()

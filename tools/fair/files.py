@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
+import time
 from pathlib import Path
+
+TMP_NAME = re.compile(r"\..+\.tmp-(\d+)")   # atomic_write's and the checkpoints' temporary names
+STALE_S = 600.0   # a leftover this old, of a PID not running here, is a killed writer's
 
 
 def sha256_file(path: str | Path) -> str:
@@ -47,3 +53,43 @@ def inside(root: str | Path, rel: str) -> Path:
   if Path(rel).is_absolute() or not path.resolve().is_relative_to(root.resolve()):
     raise ValueError(f"{root}: manifest path {rel!r} is outside the store")
   return path
+
+
+def pid_running(pid: int) -> bool:
+  """Whether a process `pid` runs on this machine."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:   # another user's process
+    return True
+  return True
+
+
+def remove_stale_tmp(root: str | Path, names: tuple[str, ...] | None = None,
+                     min_age_s: float = STALE_S) -> list[Path]:
+  """Remove the `.NAME.tmp-PID` leftovers of killed writers under `root` (files or folders) and return them.
+  Only those of PIDs not running here and untouched for `min_age_s` go: a writer on another machine sharing
+  the folder may still be busy with one. Each long job calls it on its output folder when it starts: a
+  folder it owns (a store, a cache, a run) in full; `names`: only leftovers of those files, in `root` alone
+  (a folder shared with other programs)."""
+  root, now, gone = Path(root), time.time(), []
+  if not root.is_dir():
+    return gone
+  for dirpath, dirnames, filenames in os.walk(root):
+    for name in [*dirnames, *filenames]:
+      m = TMP_NAME.fullmatch(name)
+      p = Path(dirpath) / name
+      if m is None or int(m.group(1)) == os.getpid() or pid_running(int(m.group(1))):
+        continue
+      if names is not None and name.rsplit(".tmp-", 1)[0][1:] not in names:
+        continue
+      try:
+        if now - p.lstat().st_mtime < min_age_s:
+          continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+      except FileNotFoundError:
+        continue
+      gone.append(p)
+    dirnames[:] = [] if names is not None else [d for d in dirnames if TMP_NAME.fullmatch(d) is None]
+  return gone

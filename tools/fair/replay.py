@@ -38,7 +38,7 @@ from selfdrive.modeld_fair.nv12 import CameraFrame
 from selfdrive.modeld_fair.transport import FRAME_SERVICE, Publisher
 from tools.fair.overlay import Box, VideoSink, blend_semantic, colorize_depth, draw_boxes, draw_polylines, gt_panels, \
   label, mosaic, project_road_polyline, with_key
-from tools.fair.files import atomic_write
+from tools.fair.files import atomic_write, remove_stale_tmp
 from tools.fair.progress import progress_bar
 from tools.fair.routes import Frame, Segment, SegmentWarning
 from tools.fair.sim.gt import load_segment_scene, render_gt
@@ -77,6 +77,7 @@ def replay_segment(segment, out_dir, runner: Runner, *, max_frames: int | None =
   seg = Segment(segment)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
+  remove_stale_tmp(out_dir, names=("rlog.zst",))   # out_dir may be any folder: only our own leftovers
   # stable sorts: file order among equal times; outputs of an earlier run are dropped, ours replace them
   old = {id(ev) for ev in seg.of_type(OUTPUT_SERVICE)}
   events = sorted((ev for ev in seg.events if id(ev) not in old), key=lambda ev: ev.logMonoTime)

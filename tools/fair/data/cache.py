@@ -6,8 +6,11 @@ ground truth rendered in the model frame at that scale. Layout under OUT/:
 
   cache.json                                   {"version", "scale", "every", "max_frames", "instance"}
   index.json                                   segments in order + one record per frame (rewritten atomically)
-  <segment>/<first:06d>-<last:06d>.safetensors one shard = up to `shard_frames` consecutive kept frames
-  <segment>/segment.json                       written last: the segment is finished (resume skips it)
+  <id>/<first:06d>-<last:06d>.safetensors      one shard = up to `shard_frames` consecutive kept frames
+  <id>/segment.json                            written last: the segment is finished (resume skips it)
+
+<id> is Segment.content_id (folder name @ rlog sha256[:12]), the key of the label store too: two segment
+folders of one name stay apart.
 
 Shard tensors (N frames, K = most boxes on a frame of the shard):
   frame_id, frame_index (N,) int64; calib (N, 3) float32; yuv (N, 6, 128, 256) uint8; rgb (N, H, W, 3) uint8;
@@ -24,7 +27,6 @@ Shard tensors (N frames, K = most boxes on a frame of the shard):
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -33,16 +35,16 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from selfdrive.modeld_fair.medmodel_warp import warp_model_input, warp_rgb, warp_tables
 from selfdrive.modeld_fair.model_io import N_LANE_POINTS, N_LANES, OBJECT_CLASSES
-from tools.fair.files import atomic_write
+from tools.fair.files import atomic_write, remove_stale_tmp
 from tools.fair.progress import progress_bar
 from tools.fair.routes import Segment
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: segments keyed by content id
 YUV_SHAPE = (6, 128, 256)
 
 
@@ -90,9 +92,7 @@ class FrameRecord:
 
 
 def _atomic_save(tensors: dict[str, np.ndarray], path: Path) -> None:
-  tmp = path.with_name(f".{path.name}.partial")
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
-  os.replace(tmp, path)
+  atomic_write(path, save({k: np.ascontiguousarray(v) for k, v in tensors.items()}))
 
 
 def lane_slots(lines) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -163,11 +163,11 @@ def _stack(frames: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def cache_segment(path, out_dir, config: CacheConfig, progress: bool = False) -> dict:
-  """Cache one segment folder into out_dir/<name>/ (shards, then segment.json last). Returns segment.json's
-  content. A finished segment with the same config is not redone."""
+  """Cache one segment folder into out_dir/<content id>/ (shards, then segment.json last; the id keys the label
+  store too). Returns segment.json's content. A finished segment with the same config is not redone."""
   path, out_dir = Path(path), Path(out_dir)
   seg = Segment(path)
-  seg_dir = out_dir / path.name
+  seg_dir = out_dir / seg.content_id
   done = seg_dir / "segment.json"
   if done.is_file():
     meta = json.loads(done.read_text())
@@ -228,7 +228,8 @@ def cache_segment(path, out_dir, config: CacheConfig, progress: bool = False) ->
     flush()
   if not records:
     warnings.warn(f"{path}: no frames decoded", stacklevel=2)
-  meta = {"version": CACHE_VERSION, "config": config.key(), "segment": path.name, "path": str(path.resolve()),
+  meta = {"version": CACHE_VERSION, "config": config.key(), "segment": seg.content_id, "name": path.name,
+          "path": str(path.resolve()),
           "camera": seg.camera.name, "scenario": scene.scenario if scene is not None else "real",
           "has_gt": scene is not None, "shards": shards, "frames": records}
   atomic_write(done, json.dumps(meta))
@@ -251,14 +252,16 @@ def build_frame_cache(segments, out_dir, scale: float = 0.5, every: int = 1, wor
   """
   config = CacheConfig(scale, every, max_frames, instance, shard_frames)
   paths = [Path(s) for s in segments]
-  names = [p.name for p in paths]
-  if len(set(names)) != len(names):
-    raise ValueError(f"segment folder names must be unique (they key the cache): {names}")
   for p in paths:
     if not p.is_dir():
       raise FileNotFoundError(f"segment folder {p} does not exist")
+  ids = [Segment(p).content_id for p in paths]
+  if len(set(ids)) != len(ids):
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    raise ValueError(f"the same segment given twice (same folder name and rlog): {', '.join(twice)}")
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
+  remove_stale_tmp(out_dir)   # shards and index files of killed runs
   cfg_path = out_dir / "cache.json"
   if cfg_path.is_file():
     old = json.loads(cfg_path.read_text())

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tools.fair.files import fsync_path, sha256_file
+from tools.fair.files import fsync_path, pid_running, remove_stale_tmp, sha256_file
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
 
@@ -72,18 +73,38 @@ class CheckpointManager:
     self.dir = self.out / "checkpoints"
     self.best_dir = self.out / "best"
     self.keep_last = keep_last
+    self._recover()
+
+  def _recover(self) -> None:
+    """Undo what a kill in _write left: a checkpoint moved aside (`.NAME.old-PID`) whose replacement never
+    arrived is put back; the temporary folders of dead writers go."""
+    for folder in (self.out, self.dir):
+      for old in sorted(folder.glob(".*.old-*")) if folder.is_dir() else ():
+        name, pid = old.name[1:].rsplit(".old-", 1)
+        if not pid.isdigit() or pid_running(int(pid)):
+          continue
+        if (old.parent / name).exists():
+          shutil.rmtree(old, ignore_errors=True)
+        else:
+          os.replace(old, old.parent / name)
+    remove_stale_tmp(self.out)
 
   def _write(self, final: Path, model_state: dict[str, torch.Tensor], state: dict, meta: dict) -> Path:
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    # safetensors wants contiguous, unshared tensors
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in model_state.items()}, str(tmp / MODEL_FILE))
-    torch.save(state, tmp / STATE_FILE)
-    meta = {**meta, "sha256": {f: sha256_file(tmp / f) for f in (MODEL_FILE, STATE_FILE)}}
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    for f in (MODEL_FILE, STATE_FILE, META_FILE):
-      fsync_path(tmp / f)
+    try:
+      # safetensors wants contiguous, unshared tensors
+      save_file({k: v.detach().cpu().contiguous().clone() for k, v in model_state.items()}, str(tmp / MODEL_FILE))
+      torch.save(state, tmp / STATE_FILE)
+      meta = {**meta, "sha256": {f: sha256_file(tmp / f) for f in (MODEL_FILE, STATE_FILE)}}
+      (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+      for f in (MODEL_FILE, STATE_FILE, META_FILE):
+        fsync_path(tmp / f)
+    except (SafetensorError, RuntimeError, OSError) as e:   # a full disk: safetensors and torch wrap the OSError
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise OSError(f"{final}: checkpoint not written ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                    "the previous ones are kept") from None
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():  # replacing (best/, or a re-run step): move aside first, a folder rename needs a free target
       shutil.rmtree(old, ignore_errors=True)

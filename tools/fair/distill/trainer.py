@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -41,6 +41,7 @@ from tools.fair.distill.checkpoint import CheckpointManager, rng_state, set_rng_
 from tools.fair.distill.losses import PRESENT, DistillLoss, LossOutput, missing_terms
 from tools.fair.distill.recipe import Recipe
 from tools.fair.distributed import World
+from tools.fair.files import atomic_write
 from tools.fair.progress import progress_bar
 
 Evaluate = Callable[[nn.Module, Dataset], Mapping[str, float]]
@@ -145,12 +146,11 @@ class CsvLog:
       return
     with open(self.path, newline="") as f:
       rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    tmp = self.path.with_name(self.path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-      w = csv.DictWriter(f, self.columns, extrasaction="ignore")
-      w.writeheader()
-      w.writerows(rows)
-    os.replace(tmp, self.path)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, self.columns, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(self.path, text.getvalue())
 
   def write(self, row: Mapping) -> None:
     new = not self.path.is_file()
@@ -607,6 +607,7 @@ class DistillationTrainer:
       if self.ckpt.list():
         raise ValueError(f"{self.ckpt.dir}: no valid checkpoint to resume ({len(self.ckpt.list())} corrupt or "
                          "partial): pass --restart to start the run over (its logs and best/ are replaced)")
+      self._truncate_logs()   # killed before its first checkpoint: rows it logged are redone from step 0
       return False
     model_state, state = self.ckpt.load(ckpt)  # on CPU: RNG states must stay CPU tensors
     from tools.fair.distill.qat import FAKE_QUANT_PREFIX, is_qat_state, load_state
@@ -630,6 +631,11 @@ class DistillationTrainer:
     except (ValueError, KeyError, RuntimeError, TypeError) as e:   # optimizer groups, loss terms, EMA of another recipe
       raise ValueError(f"{ckpt.path}: the training state does not fit this recipe ({type(e).__name__}: "
                        f"{str(e).splitlines()[0][:160]}): {fix}") from None
+    self._truncate_logs()
+    return True
+
+  def _truncate_logs(self) -> None:
+    """Drop the log rows after the step the run resumes from."""
     if self.train_log is not None:
       self.train_log.truncate_after(self.step)
     val = self.out / "val.csv"
@@ -637,4 +643,3 @@ class DistillationTrainer:
       with open(val, newline="") as f:
         self.val_log = CsvLog(val, next(csv.reader(f), ["step"]))
       self.val_log.truncate_after(self.step)
-    return True

@@ -34,7 +34,7 @@ import numpy as np
 
 from selfdrive.modeld_fair.camera import MEDMODEL, CameraModel
 from selfdrive.modeld_fair.medmodel_warp import warp_rgb, warp_tables
-from tools.fair.files import sha256_file
+from tools.fair.files import remove_stale_tmp
 from tools.fair.labels.store import Labels, LabelStore, ShardEntry, ShardInfo, concat_labels, convert
 from tools.fair.progress import progress_bar
 from tools.fair.routes import Segment
@@ -251,13 +251,12 @@ class _Job:
 
 
 def segment_id(segment: Segment, existing: Sequence[ShardEntry] = ()) -> str:
-  """The segment's identity in a label store: its folder name and the first 12 hex digits of its rlog's
-  sha256 (folders of one name from different dongles or drives differ; a copy elsewhere keeps its id). A
-  segment labelled before ids existed (an entry whose id is its name, at this path) keeps its folder name."""
+  """The segment's identity in a label store: Segment.content_id. A segment labelled before ids existed (an
+  entry whose id is its name, at this path) keeps its folder name."""
   path = str(segment.path.resolve())
   if any(e.segment_id == e.segment == segment.path.name and e.segment_path == path for e in existing):
     return segment.path.name
-  return f"{segment.path.name}@{sha256_file(segment.rlog_path)[:12]}"
+  return segment.content_id
 
 
 def teacher_info(name: str, teacher, segment: Segment, options: dict[str, str], sid: str | None = None) -> ShardInfo:
@@ -309,6 +308,7 @@ def label_segments(segments: Sequence[str | Path], teachers: dict, store: LabelS
       raise ValueError(f"teacher {name!r} takes {t.input.camera.name} frames, the labels are in {cfg.camera.name}")
   options = {name: dict((options or {}).get(name, {})) for name in teachers}
   check_weights(store, teachers, cfg.overwrite, options)
+  remove_stale_tmp(store.root)   # shards and manifests of killed runs
   existing = store.entries() if (store.root / "manifest.json").is_file() else []
   segs = [Segment(p) for p in segments]
   total = sum(len(s.of_type("roadEncodeIdx")) for s in segs) or None

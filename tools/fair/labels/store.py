@@ -183,11 +183,18 @@ class LabelStore:
 
   def has(self, teacher: str, segment: str) -> bool:
     """Whether `teacher` labelled `segment` (an id or a folder name, as in `shards`)."""
-    return any(e.teacher == teacher and segment in (e.segment_id, e.segment) for e in self.entries())
+    return bool(self._matching(teacher, segment))
 
   def shards(self, teacher: str, segment: str) -> list[ShardEntry]:
-    """The shards of one (teacher, segment) in frame order; `segment` is an id, or a folder name only one
-    labelled segment has. ValueError when there are none, or when the name is ambiguous."""
+    """The shards of one (teacher, segment) in frame order; `segment` is an id (Segment.content_id), or a folder
+    name only one labelled segment has. ValueError when there are none, or when the name is ambiguous."""
+    out = self._matching(teacher, segment)
+    if not out:
+      have = ", ".join(self.segments(teacher)) or "none"
+      raise ValueError(f"no labels of teacher {teacher!r} for segment {segment!r} in {self.root} (segments: {have})")
+    return out
+
+  def _matching(self, teacher: str, segment: str) -> list[ShardEntry]:
     mine = [e for e in self.entries() if e.teacher == teacher]
     out = [e for e in mine if e.segment_id == segment]
     if not out:
@@ -195,9 +202,8 @@ class LabelStore:
       ids = sorted({e.segment_id for e in out})
       if len(ids) > 1:
         raise ValueError(f"segment name {segment!r} is ambiguous in {self.root}: use one of the ids {', '.join(ids)}")
-    if not out:
-      have = ", ".join(self.segments(teacher)) or "none"
-      raise ValueError(f"no labels of teacher {teacher!r} for segment {segment!r} in {self.root} (segments: {have})")
+    if not out and "@" in segment:   # a store labelled before ids: the id of its entries is the folder name
+      out = [e for e in mine if e.segment_id == e.segment == segment.rsplit("@", 1)[0]]
     return out
 
   def camera(self, teacher: str, segment: str) -> CameraModel:

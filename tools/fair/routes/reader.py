@@ -30,6 +30,7 @@ from openpilot_logging.cereal import log as capnp_log
 
 from selfdrive.modeld_fair.camera import CameraModel, camera_for_size
 from selfdrive.modeld_fair.nv12 import NV12Layout, nv12_layout, nv12_planes, nv12_to_rgb
+from tools.fair.files import sha256_file
 from tools.fair.routes.errors import NoCalibrationError, SegmentError, SegmentWarning, UnknownCameraError
 
 RLOG_NAMES = ("rlog.zst", "rlog.bz2", "rlog")
@@ -362,6 +363,13 @@ class Segment:
 
   def __repr__(self) -> str:
     return f"Segment({str(self.path)!r})"
+
+  @cached_property
+  def content_id(self) -> str:
+    """The segment's identity in the label store and the frame cache: its folder name and the first 12 hex
+    digits of its rlog's sha256 (folders of one name from different dongles or drives differ; a copy
+    elsewhere keeps its id)."""
+    return f"{self.path.name}@{sha256_file(self.rlog_path)[:12]}"
 
   @property
   def scene_path(self) -> Path | None:
