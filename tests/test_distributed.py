@@ -2,8 +2,10 @@
 global batch, resumes bit-identically, and refuses to resume with another number of processes."""
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,11 +49,17 @@ def build_one_image(data, split):
   return OneImage(12) if split == "train" else None
 
 
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+
+
+def torchrun_cmd(recipe: Path, out: Path, *args: str) -> list[str]:
+  return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+          "tools.fair.cli", "train", str(recipe), "--out", str(out), "--device", "cpu", "--quiet", *args]
+
+
 def torchrun(recipe: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(ROOT)]), "OMP_NUM_THREADS": "1"}
-  cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "tools.fair.cli",
-         "train", str(recipe), "--out", str(out), "--device", "cpu", "--quiet", *args]
-  return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  return subprocess.run(torchrun_cmd(recipe, out, *args), env=ENV, cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
 
 
 def log(run: Path, column: str = "loss") -> list[float]:
@@ -114,6 +122,28 @@ def test_two_rank_resume_is_bit_identical(runs):
   a, b = weights(tmp / "two", 4), weights(tmp / "cut", 4)
   assert all(torch.equal(a[k], b[k]) for k in a)
   assert log(tmp / "cut") == log(tmp / "two")
+
+
+def test_two_rank_run_killed_and_resumed_ends_bit_identical(runs):
+  """SIGKILL to torchrun and both ranks once the step-2 checkpoint exists (wherever step 3 or 4 then is), then
+  --resume: the weights and the logged losses of the uninterrupted 2-rank run."""
+  tmp, _, _ = runs
+  recipe, out = tmp / "killed.toml", tmp / "killed"
+  recipe.write_text(RECIPE + "save_every = 1\n")
+  proc = subprocess.Popen(torchrun_cmd(recipe, out, "--steps", "4"), env=ENV, cwd=ROOT, start_new_session=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 240
+  while not (out / "checkpoints" / "step-00000002" / "meta.json").is_file() and proc.poll() is None:
+    assert time.monotonic() < deadline, "no step-2 checkpoint within 240 s"
+    time.sleep(0.05)
+  if proc.poll() is None:   # (a machine fast enough to finish first just resumes a finished run)
+    os.killpg(proc.pid, signal.SIGKILL)   # the session this test started: torchrun and its two workers
+  proc.wait()
+  res = torchrun(recipe, out, "--steps", "4", "--resume")
+  assert res.returncode == 0, res.stderr[-3000:]
+  a, b = weights(tmp / "two", 4), weights(out, 4)
+  assert all(torch.equal(a[k], b[k]) for k in a)
+  assert log(out) == log(tmp / "two")
 
 
 def test_resume_with_another_world_size_is_an_error(runs, capsys):
