@@ -1,39 +1,36 @@
 """Quantization-aware training: `[quant] qat = true` in a recipe, fake quantization from step N, resume, and
 `fair export RUN --format onnx-int8` writing the run's QDQ graph that onnxruntime runs."""
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_distill import SyntheticDataset, nano, tiny_recipe  # noqa: E402
-
-from selfdrive.modeld_fair.runner import OnnxRuntimeRunner  # noqa: E402
-from tools.fair.distill.checkpoint import CheckpointManager  # noqa: E402
-from tools.fair.distill.qat import FAKE_QUANT_PREFIX  # noqa: E402
-from tools.fair.distill.recipe import LossConfig, QuantSection, recipe_from_dict  # noqa: E402
-from tools.fair.distill.trainer import DistillationTrainer  # noqa: E402
-from tools.fair.export import cli  # noqa: E402
-from tools.fair.export.precision import attention_nodes  # noqa: E402
-from tools.fair.samples import sample_paths  # noqa: E402
+from selfdrive.modeld_fair.runner import OnnxRuntimeRunner
+from tools.fair.distill.checkpoint import CheckpointManager
+from tools.fair.distill.qat import FAKE_QUANT_PREFIX
+from tools.fair.distill.recipe import LossConfig, OptimSection, QuantSection, Recipe, RunSection, recipe_from_dict
+from tools.fair.distill.synthetic import SyntheticDataset
+from tools.fair.distill.trainer import DistillationTrainer, build_model
+from tools.fair.export import cli
+from tools.fair.export.precision import attention_nodes
+from tools.fair.samples import sample_paths
 
 torch.set_num_threads(1)
 
 
 def qat_recipe(out, steps):
-  r = tiny_recipe(out, steps=steps, batch_size=2)
-  return replace(r, quant=QuantSection(qat=True, start_step=1), loss=LossConfig(weights={"seg": 1.0, "depth": 1.0}))
+  return Recipe(name="qat", optim=OptimSection(lr=3e-3, warmup_steps=1, batch_size=2, steps=steps),
+                run=RunSection(out=str(out), keep_last=2), quant=QuantSection(qat=True, start_step=1),
+                loss=LossConfig(weights={"seg": 1.0, "depth": 1.0}))
 
 
 @pytest.fixture(scope="module")
 def qat_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("qat") / "run"
   r = qat_recipe(out, 3)
-  tr = DistillationTrainer(r, nano(r), SyntheticDataset(6), SyntheticDataset(2, seed=1), progress=False)
+  tr = DistillationTrainer(r, build_model(r), SyntheticDataset(6), SyntheticDataset(2, seed=1), progress=False)
   assert not tr.qat_active
   res = tr.fit(max_steps=1)
   assert res.step == 1 and not tr.qat_active      # step 0 trains the float student
@@ -61,7 +58,7 @@ def test_qat_checkpoints_fake_quantization_and_resumes_into_it(qat_run):
   scales = [k for k in state if k.startswith(FAKE_QUANT_PREFIX) and k.endswith(".scale")]
   assert scales and all(torch.isfinite(state[k]).all() and (state[k] > 0).all() for k in scales)
   r4 = replace(r, optim=replace(r.optim, steps=4))
-  tr = DistillationTrainer(r4, nano(r4), SyntheticDataset(6), SyntheticDataset(2, seed=1), progress=False)
+  tr = DistillationTrainer(r4, build_model(r4), SyntheticDataset(6), SyntheticDataset(2, seed=1), progress=False)
   assert tr.resume() and tr.step == 3 and tr.qat_active
   after = {k: v.clone() for k, v in tr.model.state_dict().items()}
   assert all(torch.equal(after[k], state[k]) for k in state)   # the learnt quantization came back exactly
