@@ -42,6 +42,10 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
+# the student on all 12 scenarios x both cameras (segments cached in runs/scenario_suite) -> docs/benchmarks/scenarios.md
+bench-scenarios: $(STAMP)
+	$(PY) bench/scenarios_bench.py
+
 # issue 5's teacher -> student experiment on generated data (~1 h on 2 cores); ships the distilled student
 transfer: $(STAMP)
 	$(PY) -m tools.fair.experiments.transfer --preset full --out runs/transfer --ship

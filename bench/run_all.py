@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"decode": "bench/decode_bench.py", "warp": "bench/warp_bench.py", "sim": "bench/sim_bench.py",
             "daemon": "bench/daemon_bench.py", "profile": "bench/profile_bench.py", "label": "bench/label_bench.py",
             "lanes": "bench/lanes_bench.py", "flow_loss_scan": "bench/flow_loss_scan.py",
-            "box_distance": "bench/box_distance_bench.py", "real_depth": "bench/real_depth_bench.py"}
+            "box_distance": "bench/box_distance_bench.py", "real_depth": "bench/real_depth_bench.py",
+            "scenarios": "bench/scenarios_bench.py"}
 INTRO = """# Benchmarks
 
 Measured numbers only; each section names its machine, date and the command that reproduces
