@@ -5,6 +5,7 @@ from tools.fair.bench.metrics.detection import (DetectionAP, LeadDistanceError, 
 from tools.fair.bench.metrics.egomotion import PoseErrors, ate_rmse, relative_pose_errors, rotation_angle_deg
 from tools.fair.bench.metrics.flow import FlowMetrics, flow_metrics
 from tools.fair.bench.metrics.lanes import LaneCounts, lane_counts, lane_point_accuracy, lateral_error
+from tools.fair.bench.metrics.mot import MOTMetrics, mot_metrics
 from tools.fair.bench.metrics.segmentation import SegmentationMetrics, confusion_matrix, segmentation_metrics
 from tools.fair.bench.metrics.tracking import JFMetrics, TapVidMetrics, boundary_f, j_and_f, region_iou, tapvid_metrics
 
@@ -14,6 +15,7 @@ __all__ = [
   "PoseErrors", "ate_rmse", "relative_pose_errors", "rotation_angle_deg",
   "FlowMetrics", "flow_metrics",
   "LaneCounts", "lane_counts", "lane_point_accuracy", "lateral_error",
+  "MOTMetrics", "mot_metrics",
   "SegmentationMetrics", "confusion_matrix", "segmentation_metrics",
   "JFMetrics", "TapVidMetrics", "boundary_f", "j_and_f", "region_iou", "tapvid_metrics",
 ]
