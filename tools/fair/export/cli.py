@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfdrive.modeld_fair.model_io import INPUT_NAME, OUTPUT_NAMES
+from selfdrive.modeld_fair.model_io import OUTPUT_NAMES
 from selfdrive.modeld_fair.runner import artifact_name
 from tools.fair.files import atomic_write, sha256_file
 
