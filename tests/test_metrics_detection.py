@@ -126,3 +126,15 @@ def test_iou_tie_goes_to_the_last_gt_box_as_in_cocoeval():
   assert r.ap == pytest.approx(_cocoeval(gts, preds, 1)[0], abs=1e-12)
   # both match up to IoU 0.8 (AP 1 at 7 thresholds); above, only B at recall 1/2 (AP 51 * 0.5 / 101)
   assert r.ap == pytest.approx((7 + 3 * 25.5 / 101) / 10)
+
+
+def test_pr_curve_at_iou_50():
+  from tools.fair.bench.metrics.detection import RECALL_THRESHOLDS
+  g = np.array([[0, 0, 10, 10], [20, 0, 30, 10.]])
+  p = np.array([[0, 0, 10, 10], [50, 50, 60, 60], [20, 0, 30, 10.]])   # TP 0.9, FP 0.8, TP 0.7
+  a = detection_ap([(g, [1, 1])], [(p, [1, 1, 1], [0.9, 0.8, 0.7])])
+  pr = a.per_class_pr50[1]
+  assert pr.shape == RECALL_THRESHOLDS.shape
+  np.testing.assert_allclose(pr[RECALL_THRESHOLDS <= 0.5], 1.0)
+  np.testing.assert_allclose(pr[RECALL_THRESHOLDS > 0.5], 2 / 3)
+  assert a.per_class_ap50[1] == pytest.approx(pr.mean())

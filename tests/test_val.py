@@ -100,7 +100,7 @@ def test_fair_val_on_a_sample_writes_tables_and_plots(tmp_path, capsys):
   for header in ("| depth | AbsRel | δ1 | RMSE (m) | cells |", "| class | IoU |", "| lanes | F1 |", "| ego |", "0-10 m"):
     assert header in text
   assert (tmp_path / "val.md").read_text().startswith("# fair val")
-  assert all((tmp_path / p).stat().st_size > 1000 for p in ("confusion.png", "error_vs_distance.png"))
+  assert all((tmp_path / p).stat().st_size > 1000 for p in ("confusion.png", "error_vs_distance.png", "pr_curves.png"))
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):

@@ -11,7 +11,8 @@ as the training targets are (tools.fair.data): depth AbsRel / δ1 / RMSE overall
 distance band; IoU per class and mIoU; COCO AP / AP50 per class and by distance band (of the objects the
 daemon publishes, score >= 0.3, so the PR curve is cut there); the lead (nearest vehicle within 1.8 m of
 the ego's path) detection rate and distance error; lane F1 and lateral error at 10 / 20 / 40 m; ego speed
-and yaw-rate error. Writes OUT/val.md, OUT/val.json, OUT/confusion.png and OUT/error_vs_distance.png.
+and yaw-rate error. Writes OUT/val.md, OUT/val.json, OUT/confusion.png, OUT/error_vs_distance.png and, with detections,
+OUT/pr_curves.png (per class, IoU 0.5).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from selfdrive.modeld_fair.classes import SEMANTIC_CLASSES
 from selfdrive.modeld_fair.model_io import LANE_X, OBJECT_SEMANTIC_IDS
 from tools.fair.bench.metrics import (confusion_matrix, depth_metrics, detection_ap, lane_counts, lateral_error,
                                       lead_distance_error, segmentation_metrics)
+from tools.fair.bench.metrics.detection import RECALL_THRESHOLDS
 from tools.fair.bench.metrics.lanes import LaneCounts
 from tools.fair.files import atomic_write
 
@@ -109,7 +111,8 @@ class Scores:
       return {}
     a = detection_ap(gts, preds)
     return {"ap": a.ap, "ap50": a.ap50,
-            "per_class": {SEMANTIC_CLASSES[c]: float(v) for c, v in a.per_class_ap.items() if np.isfinite(v)}}
+            "per_class": {SEMANTIC_CLASSES[c]: float(v) for c, v in a.per_class_ap.items() if np.isfinite(v)},
+            "pr50": {SEMANTIC_CLASSES[c]: p.tolist() for c, p in a.per_class_pr50.items()}}
 
   def result(self, max_depth: float = 80.0) -> dict:
     """The flat metrics dict: depth_*, miou / iou, det_ap / det_ap50 (+ det_per_class, det_by_distance), lane_*,
@@ -131,7 +134,7 @@ class Scores:
       out |= {"miou": s.miou, "pixel_accuracy": s.pixel_accuracy,
               "iou": {c: float(v) for c, v in zip(SEMANTIC_CLASSES, s.iou)}}
     if self.det_gt and (ap := self._ap()):
-      out |= {"det_ap": ap["ap"], "det_ap50": ap["ap50"], "det_per_class": ap["per_class"],
+      out |= {"det_ap": ap["ap"], "det_ap50": ap["ap50"], "det_per_class": ap["per_class"], "det_pr50": ap["pr50"],
               "det_by_distance": {band_name(b): r for b in BANDS if (r := self._ap(b))}}
     if self.lanes.n_gt + self.lanes.n_pred:
       lat = np.array(self.lateral).reshape(-1, len(LATERAL_AT))
@@ -299,6 +302,16 @@ def plots(result: dict, out_dir: Path) -> None:
   fig.tight_layout()
   fig.savefig(out_dir / "error_vs_distance.png", dpi=100)
   plt.close(fig)
+  if r.get("det_pr50"):
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, prec in r["det_pr50"].items():
+      ax.plot(RECALL_THRESHOLDS, prec, label=name)
+    ax.set(xlabel="recall", ylabel="precision (interpolated)", xlim=(0, 1), ylim=(0, 1.02), title="PR at IoU 0.5")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "pr_curves.png", dpi=100)
+    plt.close(fig)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ class DetectionAP:
   ap50: float                      # AP at IoU 0.5, same average
   per_class_ap: dict[int, float]   # every class in gt or predictions; NaN for a class without gt boxes
   per_class_ap50: dict[int, float]
+  per_class_pr50: dict[int, np.ndarray]  # interpolated precision at RECALL_THRESHOLDS, IoU 0.5 (classes with gt)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def detection_ap(gts: Sequence, preds: Sequence, max_dets: int = 100) -> Detecti
       raise ValueError(f"image {i}: {len(gb)} gt boxes / {len(gc)} classes, "
                        f"{len(pb)} predicted boxes / {len(pc)} classes / {len(ps)} scores")
   classes = sorted({int(c) for _, gc in gts for c in gc} | {int(c) for _, pc, _ in preds for c in pc})
-  ap, ap50 = {}, {}
+  ap, ap50, pr50 = {}, {}, {}
   for c in classes:
     scores, matched, n_gt = [], [], 0
     for (gb, gc), (pb, pc, ps) in zip(gts, preds):
@@ -102,11 +103,12 @@ def detection_ap(gts: Sequence, preds: Sequence, max_dets: int = 100) -> Detecti
       matched.append(_greedy_matches(box_iou(pb[sel], g)))
     if n_gt:
       prec = _precision_at_recalls(np.concatenate(scores), np.concatenate(matched, axis=1), n_gt)
-      ap[c], ap50[c] = float(prec.mean()), float(prec[0].mean())
+      ap[c], ap50[c], pr50[c] = float(prec.mean()), float(prec[0].mean()), prec[0]
     else:
       ap[c] = ap50[c] = float("nan")
   finite = lambda d: [v for v in d.values() if not np.isnan(v)]
-  return DetectionAP(ap=mean_or_nan(finite(ap)), ap50=mean_or_nan(finite(ap50)), per_class_ap=ap, per_class_ap50=ap50)
+  return DetectionAP(ap=mean_or_nan(finite(ap)), ap50=mean_or_nan(finite(ap50)), per_class_ap=ap, per_class_ap50=ap50,
+                     per_class_pr50=pr50)
 
 
 def lead_distance_error(pred_dist, gt_dist) -> LeadDistanceError:
