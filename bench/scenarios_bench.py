@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
   (a.cache / "scenarios.json").write_text(json.dumps({"model_id": model_id, "segments": raw}, indent=2, default=float))
   cmd = "python bench/scenarios_bench.py" + (f" --seconds {a.seconds:g} --stride {a.stride}")
   text = header("Scenario suite: the student per scenario and camera", cmd) + (
-    f"- model: `{model_id}` ({a.model}); segments: seed {SEED0} + the scenario's index in sorted order, "
+    f"- model: `{model_id}` ({os.path.relpath(a.model)}); segments: seed {SEED0} + the scenario's index in sorted order, "
     f"{a.seconds:g} s at 20 fps, every frame of stride {a.stride} scored by `fair val`'s Scores (tools/fair/val.py)\n"
     "- only the student's rows are measured here: the GT-trained reference, the non-learned baselines (LK lanes, "
     "constant-velocity ego), the teachers and the tracking metrics (ID switches, IDF1, J&F) are not in this suite yet\n\n"
