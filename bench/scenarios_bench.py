@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import header, write_report  # noqa: E402
 from tools.fair.sim.cli import segment_name, write_segment  # noqa: E402
@@ -28,7 +30,8 @@ BUNDLED = Path(__file__).resolve().parents[1] / "selfdrive/modeld_fair/models"
 COLUMNS = (("depth AbsRel", "depth_abs_rel", "{:.3f}"), ("δ1", "depth_delta1", "{:.3f}"), ("mIoU", "miou", "{:.3f}"),
            ("AP50", "det_ap50", "{:.3f}"), ("lead rate", "lead_detection_rate", "{:.2f}"),
            ("lane F1", "lane_f1", "{:.3f}"), ("lat. err 20 m", "lane_lat_err_20m", "{:.2f}"),
-           ("speed MAE (m/s)", "ego_speed_mae", "{:.2f}"), ("yaw-rate MAE (rad/s)", "ego_yaw_rate_mae", "{:.4f}"))
+           ("speed MAE (m/s)", "ego_speed_mae", "{:.2f}"), ("yaw-rate MAE (rad/s)", "ego_yaw_rate_mae", "{:.4f}"),
+           ("const.-vel. speed MAE", "cv_speed_mae", "{:.3f}"), ("const.-vel. yaw-rate MAE", "cv_yaw_rate_mae", "{:.4f}"))
 
 
 def suite_segment(scenario: str, camera: str, seconds: float, cache: Path) -> Path:
@@ -38,6 +41,16 @@ def suite_segment(scenario: str, camera: str, seconds: float, cache: Path) -> Pa
   if not (path / "scene.json").is_file():  # scene.json is written last: a folder without it is a partial run
     write_segment(scene, cache, progress=False, overwrite=True)
   return path
+
+
+def constant_velocity_ego(segment: Path, stride: int) -> dict:
+  """The non-learned ego baseline on the frames `fair val` scores: each frame's device-frame motion predicted as
+  the previous frame's true motion (speed = trans[0], yaw rate = rot[2], as Scores.ego reads them)."""
+  from tools.fair.sim.gt import ego_state, load_segment_scene
+  scene = load_segment_scene(segment)
+  vec = lambda f: (lambda e: np.concatenate([e.trans, e.rot]))(ego_state(scene, f))
+  err = np.array([np.abs(vec(f) - vec(f - 1))[[0, 5]] for f in range(max(stride, 1), scene.n_frames, stride)])
+  return {"cv_speed_mae": float(err[:, 0].mean()), "cv_yaw_rate_mae": float(err[:, 1].mean())} if len(err) else {}
 
 
 def cell(r: dict, key: str, fmt: str) -> str:
@@ -61,7 +74,7 @@ def main(argv=None) -> int:
     for camera in a.cameras:
       seg = suite_segment(scenario, camera, a.seconds, a.cache)
       res = validate(a.model, [seg], stride=a.stride)
-      model_id, r = res["model_id"], res["all"]
+      model_id, r = res["model_id"], res["all"] | constant_velocity_ego(seg, a.stride)
       raw[seg.name] = r
       rows.append(f"| {scenario} | {camera} | {r['frames']} | " + " | ".join(cell(r, k, f) for _, k, f in COLUMNS)
                   + " |")
@@ -70,8 +83,10 @@ def main(argv=None) -> int:
   text = header("Scenario suite: the student per scenario and camera", cmd) + (
     f"- model: `{model_id}` ({os.path.relpath(a.model)}); segments: seed {SEED0} + the scenario's index in sorted order, "
     f"{a.seconds:g} s at 20 fps, every frame of stride {a.stride} scored by `fair val`'s Scores (tools/fair/val.py)\n"
-    "- only the student's rows are measured here: the GT-trained reference, the non-learned baselines (LK lanes, "
-    "constant-velocity ego), the teachers and the tracking metrics (ID switches, IDF1, J&F) are not in this suite yet\n\n"
+    "- const.-vel.: the non-learned ego baseline, each scored frame's motion predicted as the previous frame's "
+    "true motion (frame 0 is skipped, so it averages over one frame fewer)\n"
+    "- only the student's and the constant-velocity rows are measured here: the GT-trained reference, LK lanes, "
+    "the teachers and the tracking metrics (ID switches, IDF1, J&F) are not in this suite yet\n\n"
     "| scenario | camera | frames | " + " | ".join(n for n, _, _ in COLUMNS) + " |\n"
     "| --- | --- | ---: | " + "---: | " * len(COLUMNS) + "\n" + "\n".join(rows) + "\n")
   write_report(a.out, text)

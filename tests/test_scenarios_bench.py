@@ -19,6 +19,7 @@ def test_suite_miniature(tmp_path):
   cells = [c.strip() for c in row.strip("|").split("|")]
   assert int(cells[2]) == 2                      # frames 0 and 3 of 6 (0.3 s at 20 fps)
   assert 0 < float(cells[3]) < 1                 # depth AbsRel of a real prediction
+  assert 0 <= float(cells[-2]) < 1               # constant-velocity speed error over 1 frame (50 ms)
   raw = json.loads((cache / "scenarios.json").read_text())
   seg = cache / "fairsim-mici-occlusion-s9009--0"
   assert seg.name in raw["segments"] and raw["model_id"] in text
