@@ -11,7 +11,6 @@ from tools.fair.labels.store import Labels, LabelStore, ShardInfo
 from tools.fair.sim.cli import write_segment
 from tools.fair.sim.world import make_scene
 from tests.faults.test_tools_train import GOOD, _train
-from tests.test_labels import _dinov2
 
 pytestmark = pytest.mark.faults
 
@@ -19,13 +18,6 @@ pytestmark = pytest.mark.faults
 @pytest.fixture(scope="module")
 def segment(tmp_path_factory):
   return write_segment(make_scene(6, 4 / 20, "mici", "city"), tmp_path_factory.mktemp("seg"), progress=False)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-  root = tmp_path_factory.mktemp("w")
-  _dinov2().save_pretrained(root / "dinov2")
-  return root
 
 
 def one_line_error(capsys, rc: int, *needles: str) -> str:

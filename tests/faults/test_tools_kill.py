@@ -18,7 +18,6 @@ from tools.fair.labels.store import LabelStore
 from tools.fair.sim.cli import write_segment
 from tools.fair.sim.world import make_scene
 from tests.faults.test_tools_train import GOOD
-from tests.test_labels import _dinov2
 
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,13 +61,6 @@ def files(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def segment(tmp_path_factory):
   return write_segment(make_scene(7, 10 / 20, "mici", "city"), tmp_path_factory.mktemp("seg"), progress=False)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-  root = tmp_path_factory.mktemp("w")
-  _dinov2().save_pretrained(root / "dinov2")
-  return root
 
 
 def _labels(store: Path) -> dict:
