@@ -133,13 +133,13 @@ class _Oracle(torch.nn.Module):
   def _one(it):
     seg = torch.nn.functional.one_hot(it["seg"] % 255, len(SEMANTIC_CLASSES)).permute(2, 0, 1).float()
     heat, box = torch.zeros(OUTPUTS["obj_heatmap"][0][1:]), torch.zeros(OUTPUTS["obj_box"][0][1:])
-    heat[0, 10, 20] = 0.9                               # a vehicle centred on cell (10, 20): (163.5, 83.5) px
-    box[:, 10, 20] = torch.tensor([10.0, 6.0, 10.0, 6.0])
+    heat[0, 10, 30] = 0.9                               # a vehicle centred on cell (10, 30): (243.5, 83.5) px
+    box[:, 10, 30] = torch.tensor([10.0, 6.0, 10.0, 6.0])
     lanes = torch.zeros(OUTPUTS["lanes"][0][1:])
     lanes[..., :2] = it["lanes"]
     return {"depth": it["depth"], "seg_logits": seg, "obj_heatmap": heat, "obj_box": box,
             "obj_depth": torch.full((1, 32, 64), 20.0), "lanes": lanes, "lane_prob": it["lane_exists"],
-            "ego": torch.zeros(12)}
+            "ego": torch.cat([it["ego"], torch.zeros(6)])}
 
 
 def _items(n=3):
@@ -155,26 +155,36 @@ def _items(n=3):
     img = torch.zeros(12, 128, 256, dtype=torch.uint8)
     img[0, 0, 0] = i
     items.append({"img": img, "index": torch.tensor(i), "depth": depth, "seg": seg, "lanes": lanes,
-                  "lane_valid": torch.ones(4, 33), "lane_exists": torch.tensor([0.0, 1.0, 1.0, 0.0])})
+                  "lane_valid": torch.ones(4, 33), "lane_exists": torch.tensor([0.0, 1.0, 1.0, 0.0]),
+                  "ego": torch.tensor([15.0 + i, 0.0, 0.0, 0.0, 0.0, 0.01])})
   return items
 
 
 def test_perfect_student_scores_perfectly():
   items = _items()
-  boxes = lambda i: (np.array([[153.5, 77.5, 173.5, 89.5]]), np.array([CLASS_ID["vehicle"]]))
+  lateral = 20.0 * (243.5 - MEDMODEL.cx) / MEDMODEL.focal      # the oracle's car, 20 m ahead on cell (10, 30)
+  boxes = lambda i: (np.array([[233.5, 77.5, 253.5, 89.5]]), np.array([CLASS_ID["vehicle"]]),
+                     np.array([[20.0, lateral, 0.0]]))
   r = evaluate_student(_Oracle(items), items, boxes=boxes, batch=2)
   assert r["frames"] == 3 and r["depth_cells"] == 3 * 28 * 64
   assert r["depth_abs_rel"] == 0 and r["depth_delta1"] == 1
   assert r["miou"] == 1 and r["pixel_accuracy"] == 1 and set(r["iou"]) == set(SEMANTIC_CLASSES)
   assert r["det_ap"] == pytest.approx(1) and r["det_ap50"] == pytest.approx(1)
   assert r["lane_f1"] == 1 and r["lane_lat_err_20m"] == 0
+  # the goal metrics: vehicle AP50 within 80 m, the lead, both ego-lane lines at 20 m, ego speed
+  assert r["det_vehicle_ap50_80m"] == pytest.approx(1) and r["det_per_class_ap50"] == {"vehicle": pytest.approx(1)}
+  assert r["lead_frames"] == 3 and r["lead_detection_rate"] == 1 and r["lead_dist_median_rel"] == 0
+  assert r["ego_lane_frames"] == 3 and r["ego_lane_20m_rate"] == 1
+  assert r["ego_speed_mae"] == 0 and r["ego_speed_rel"] == 0
   # a lane 1 m off at every point: found by none at 0.5 m tolerance, lateral error exactly 1 m
   for it in items:
     it["lanes"][1, :, 0] += 1.0
   shifted = _Oracle(_items())
-  r = evaluate_student(shifted, items, boxes=lambda i: (np.array([[0.0, 0.0, 8.0, 8.0]]), np.array([4])))
+  r = evaluate_student(shifted, items, boxes=lambda i: (np.array([[0.0, 0.0, 8.0, 8.0]]), np.array([4]),
+                                                        np.array([[5.0, 0.0, 0.0]])))
   assert r["lane_f1"] == pytest.approx(0.5) and r["lane_lat_err_10m"] == pytest.approx(0.5)
-  assert r["det_ap"] == 0
+  assert r["det_ap"] == 0 and r["ego_lane_20m_rate"] == 0
+  assert r["lead_detection_rate"] == 1 and r["lead_dist_median_rel"] == pytest.approx(3)   # true 5 m, found at 20 m
 
 
 def test_teacher_evaluation_at_student_grids():

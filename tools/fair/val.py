@@ -35,6 +35,8 @@ LATERAL_AT = (10.0, 20.0, 40.0)                          # m ahead where lateral
 BANDS = ((0.0, 10.0), (10.0, 20.0), (20.0, 40.0), (40.0, 80.0))  # distance bands (m) of depth and detection
 LEAD_HALF_WIDTH_M = 1.8                                  # |lateral| of a lead: inside the ego's lane
 VEHICLE_ID = OBJECT_SEMANTIC_IDS[0]
+EGO_LANE_AT_M = 20.0                                     # both ego-lane lines are checked this far ahead
+GOAL_RANGE_M = 80.0                                      # vehicle AP50 of the goals: objects nearer than this
 
 
 def band_name(band: tuple[float, float]) -> str:
@@ -54,6 +56,8 @@ class Scores:
     self.lead_pred: list[float] = []                 # the predicted lead distance there (NaN: none found)
     self.false_leads = 0                             # frames with a predicted lead and no true one
     self.ego_err: list[np.ndarray] = []              # |pred - gt| of (speed m/s, yaw rate rad/s)
+    self.ego_speed: list[float] = []                 # |true speed| (m/s), for the relative speed error
+    self.ego_lane: list[bool] = []                   # per frame with both true ego-lane lines: both found at 20 m
     self.n = 0
 
   def depth(self, pred: np.ndarray, gt: np.ndarray) -> None:
@@ -80,6 +84,7 @@ class Scores:
   def ego(self, pred: np.ndarray, gt: np.ndarray) -> None:
     """Device-frame (trans, rot) 6-vectors: speed = trans[0], yaw rate = rot[2]."""
     self.ego_err.append(np.abs(np.array([pred[0] - gt[0], pred[5] - gt[5]], np.float64)))
+    self.ego_speed.append(abs(float(gt[0])))
 
   def lane_frame(self, pred: np.ndarray, prob: np.ndarray, gt: np.ndarray, valid: np.ndarray, exists: np.ndarray,
                  tol_m: float) -> None:
@@ -93,9 +98,16 @@ class Scores:
     gts = [np.stack([gt[k, valid[k] > 0.5, 0], x[valid[k] > 0.5]], 1) for k in np.flatnonzero(has_gt)]
     self.lanes = self.lanes + lane_counts(preds, gts, tol_px=tol_m)
     road = lambda xs, ys: np.stack([xs, ys, np.zeros_like(xs)], 1)
+    err = {}
     for k in np.flatnonzero(has_pred & has_gt):
       v = valid[k] > 0.5
-      self.lateral.append(lateral_error(road(x, pred[k, :, 0]), road(x[v], gt[k, v, 0]), LATERAL_AT))
+      err[k] = lateral_error(road(x, pred[k, :, 0]), road(x[v], gt[k, v, 0]), LATERAL_AT)
+      self.lateral.append(err[k])
+    # the ego lane's goal: both its lines (slots 1, 2) within tol_m at EGO_LANE_AT_M where both truly reach it
+    ego = (1, 2)
+    if all(has_gt[k] and x[valid[k] > 0.5].min() <= EGO_LANE_AT_M <= x[valid[k] > 0.5].max() for k in ego):
+      at = LATERAL_AT.index(EGO_LANE_AT_M)
+      self.ego_lane.append(all(k in err and err[k][at] <= tol_m for k in ego))
 
   def _ap(self, band: tuple[float, float] | None = None) -> dict:
     gts, preds = [], []
@@ -112,7 +124,8 @@ class Scores:
     a = detection_ap(gts, preds)
     return {"ap": a.ap, "ap50": a.ap50,
             "per_class": {SEMANTIC_CLASSES[c]: float(v) for c, v in a.per_class_ap.items() if np.isfinite(v)},
-            "pr50": {SEMANTIC_CLASSES[c]: p.tolist() for c, p in a.per_class_pr50.items()}}
+            "pr50": {SEMANTIC_CLASSES[c]: p.tolist() for c, p in a.per_class_pr50.items()},
+            "per_class_ap50": {SEMANTIC_CLASSES[c]: float(v) for c, v in a.per_class_ap50.items() if np.isfinite(v)}}
 
   def result(self, max_depth: float = 80.0) -> dict:
     """The flat metrics dict: depth_*, miou / iou, det_ap / det_ap50 (+ det_per_class, det_by_distance), lane_*,
@@ -135,23 +148,29 @@ class Scores:
               "iou": {c: float(v) for c, v in zip(SEMANTIC_CLASSES, s.iou)}}
     if self.det_gt and (ap := self._ap()):
       out |= {"det_ap": ap["ap"], "det_ap50": ap["ap50"], "det_per_class": ap["per_class"], "det_pr50": ap["pr50"],
+              "det_per_class_ap50": ap["per_class_ap50"],
               "det_by_distance": {band_name(b): r for b in BANDS if (r := self._ap(b))}}
+      if near := self._ap((0.0, GOAL_RANGE_M)):
+        out["det_vehicle_ap50_80m"] = near["per_class_ap50"].get(SEMANTIC_CLASSES[VEHICLE_ID], float("nan"))
     if self.lanes.n_gt + self.lanes.n_pred:
       lat = np.array(self.lateral).reshape(-1, len(LATERAL_AT))
       with np.errstate(all="ignore"):
         per = np.nanmean(lat, 0) if lat.size else np.full(len(LATERAL_AT), np.nan)
       out |= {"lane_f1": self.lanes.f1, "lane_precision": self.lanes.precision, "lane_recall": self.lanes.recall,
               **{f"lane_lat_err_{int(x)}m": float(v) for x, v in zip(LATERAL_AT, per)}}
+    if self.ego_lane:
+      out |= {"ego_lane_frames": len(self.ego_lane), "ego_lane_20m_rate": float(np.mean(self.ego_lane))}
     if self.lead_gt:
       gt, pred = np.array(self.lead_gt), np.array(self.lead_pred)
       found = np.isfinite(pred)
       out |= {"lead_frames": int(len(gt)), "lead_detection_rate": float(found.mean()), "lead_false": self.false_leads}
       if found.any():
         e = lead_distance_error(pred[found], gt[found])
-        out |= {"lead_dist_mae_m": e.mean_abs, "lead_dist_rel": e.mean_rel}
+        out |= {"lead_dist_mae_m": e.mean_abs, "lead_dist_rel": e.mean_rel, "lead_dist_median_rel": e.median_rel}
     if self.ego_err:
       e = np.array(self.ego_err)
-      out |= {"ego_speed_mae": float(e[:, 0].mean()), "ego_yaw_rate_mae": float(e[:, 1].mean())}
+      out |= {"ego_speed_mae": float(e[:, 0].mean()), "ego_yaw_rate_mae": float(e[:, 1].mean()),
+              "ego_speed_rel": float(e[:, 0].sum() / max(sum(self.ego_speed), 1e-6))}
     return out
 
 
@@ -253,20 +272,26 @@ def tables(r: dict) -> str:
                     *r["det_by_distance"].items()]:
       out.append(f"| {name} | {_f(a['ap'])} | {_f(a['ap50'])} | " +
                  " | ".join(_f(a["per_class"].get(c)) for c in r["det_per_class"]) + " |")
+    if "det_vehicle_ap50_80m" in r:
+      out.append(f"vehicle AP50 within {GOAL_RANGE_M:g} m: {_f(r['det_vehicle_ap50_80m'])}")
     out.append("")
   if "lead_frames" in r:
-    out += ["| lead | frames with a lead | detection rate | distance MAE (m) | rel. error | false leads |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+    out += ["| lead | frames with a lead | detection rate | distance MAE (m) | rel. error | median rel. error | "
+            "false leads |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
             f"| | {r['lead_frames']} | {_f(r['lead_detection_rate'])} | {_f(r.get('lead_dist_mae_m'), '{:.2f}')} | "
-            f"{_f(r.get('lead_dist_rel'))} | {r['lead_false']} |", ""]
+            f"{_f(r.get('lead_dist_rel'))} | {_f(r.get('lead_dist_median_rel'))} | {r['lead_false']} |", ""]
   if "lane_f1" in r:
     out += ["| lanes | F1 | precision | recall | lat. err 10 m | 20 m | 40 m |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
             f"| | {_f(r['lane_f1'])} | {_f(r['lane_precision'])} | {_f(r['lane_recall'])} | " +
             " | ".join(_f(r[f"lane_lat_err_{int(x)}m"], "{:.2f}") for x in LATERAL_AT) + " |", ""]
+    if "ego_lane_20m_rate" in r:
+      out += [f"both ego-lane lines within 0.5 m at {EGO_LANE_AT_M:g} m: {_f(r['ego_lane_20m_rate'])} of "
+              f"{r['ego_lane_frames']} frames", ""]
   if "ego_speed_mae" in r:
-    out += ["| ego | speed MAE (m/s) | yaw-rate MAE (rad/s) |", "| --- | ---: | ---: |",
-            f"| | {_f(r['ego_speed_mae'], '{:.2f}')} | {_f(r['ego_yaw_rate_mae'], '{:.4f}')} |", ""]
+    out += ["| ego | speed MAE (m/s) | speed rel. error | yaw-rate MAE (rad/s) |", "| --- | ---: | ---: | ---: |",
+            f"| | {_f(r['ego_speed_mae'], '{:.2f}')} | {_f(r['ego_speed_rel'])} | {_f(r['ego_yaw_rate_mae'], '{:.4f}')} |",
+            ""]
   return "\n".join(out)
 
 

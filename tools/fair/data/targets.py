@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from selfdrive.modeld_fair.camera import MEDMODEL
 from selfdrive.modeld_fair.classes import IGNORE_ID, SEMANTIC_CLASSES
-from selfdrive.modeld_fair.model_io import OBJECT_CLASSES, OBJECT_SEMANTIC_IDS, OBJECT_STRIDE
+from selfdrive.modeld_fair.model_io import LANE_X, OBJECT_CLASSES, OBJECT_SEMANTIC_IDS, OBJECT_STRIDE
 
 DEPTH_GRID = (32, 64)
 SEG_GRID = (64, 128)
@@ -150,11 +150,23 @@ def boxes_from_masks(semantic: np.ndarray, depth: np.ndarray, instance: np.ndarr
 
 
 def lane_targets(lanes: np.ndarray, visible: np.ndarray, exists: np.ndarray) -> dict[str, np.ndarray]:
-  """lanes (4, 33, 2) y, z road frame; lane_valid (4, 33) = visible and existing; lane_exists (4,)."""
-  lanes = np.asarray(lanes, np.float32)
+  """lanes (4, 33, 2) y, z road frame; lane_valid (4, 33); lane_exists (4,).
+
+  A line's labelled points (visible, existing, finite) are often gaps between dashes and never the few
+  metres below the image, so a LANE_X point up to the line's farthest labelled one is valid and, where it is
+  unlabelled, interpolated along x between labelled neighbours (held at the nearest labelled value before
+  the first one: the line is straight over those metres). Unsupervised points would otherwise be whatever
+  the lane head outputs there, and the daemon publishes every point."""
+  lanes = np.nan_to_num(np.asarray(lanes, np.float32))
   ex = np.asarray(exists, np.float32)
-  valid = (np.asarray(visible) > 0) & (ex[:, None] > 0) & np.isfinite(lanes).all(-1)
-  return {"lanes": np.nan_to_num(lanes), "lane_valid": valid.astype(np.float32), "lane_exists": ex}
+  seen = (np.asarray(visible) > 0) & (ex[:, None] > 0) & np.isfinite(np.asarray(lanes)).all(-1)
+  valid = np.zeros(seen.shape, np.float32)
+  for k in np.flatnonzero(seen.sum(1) >= 2):
+    last = np.flatnonzero(seen[k])[-1]
+    for c in range(lanes.shape[-1]):
+      lanes[k, :last + 1, c] = np.interp(LANE_X[:last + 1], LANE_X[seen[k]], lanes[k, seen[k], c])
+    valid[k, :last + 1] = 1.0
+  return {"lanes": lanes, "lane_valid": valid, "lane_exists": ex}
 
 
 def ego_target(ego: np.ndarray) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ line exists in both.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,9 +27,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from selfdrive.modeld_fair.model_io import OBJECT_SEMANTIC_IDS
 from selfdrive.modeld_fair.outputs import decode_objects
 from tools.fair.data.targets import depth_grid, seg_grid
-from tools.fair.val import Scores
+from tools.fair.val import Scores, lead_of
 
-BoxesFn = Callable[[int], tuple[np.ndarray, np.ndarray]]   # sample i -> (N, 4) xyxy MEDMODEL px, (N,) semantic ids
+DAEMON_SCORE = inspect.signature(decode_objects).parameters["score_threshold"].default
+
+# sample i -> (N, 4) xyxy MEDMODEL px, (N,) semantic ids, (N, 3) road-frame centres (NaN: unknown)
+BoxesFn = Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def dataset_boxes(dataset) -> BoxesFn | None:
@@ -41,10 +45,11 @@ def dataset_boxes(dataset) -> BoxesFn | None:
     rec = int(dataset.indices[i])
     if "box_xyxy" not in cache.fields(rec):
       return None
-    r = cache.read(rec, ["box_xyxy", "box_cls", "box_count"])
+    r = cache.read(rec, ["box_xyxy", "box_cls", "box_count", "box_pos"])
     n = int(r["box_count"])
     cls = np.asarray(r["box_cls"][:n], np.int64)
-    return np.asarray(r["box_xyxy"][:n], np.float64), np.asarray(OBJECT_SEMANTIC_IDS)[cls]
+    return (np.asarray(r["box_xyxy"][:n], np.float64), np.asarray(OBJECT_SEMANTIC_IDS)[cls],
+            np.asarray(r["box_pos"][:n], np.float64))
 
   return boxes
 
@@ -88,9 +93,17 @@ def evaluate_student(model_or_onnx, dataset, boxes: BoxesFn | None = None, batch
         acc.seg(out["seg_logits"][j].argmax(0), it["seg"])
       gt_boxes = boxes(start + j) if boxes is not None else None
       if gt_boxes is not None:
+        gb, gi, gp = gt_boxes
         objs = decode_objects(out["obj_heatmap"][j], out["obj_box"][j], out["obj_depth"][j, 0],
                               score_threshold=score_threshold, max_objects=100)
-        acc.detections(*gt_boxes, [o.box for o in objs], [o.class_id for o in objs], [o.score for o in objs])
+        pos = np.array([o.position for o in objs], np.float64).reshape(-1, 3)
+        ids = np.array([o.class_id for o in objs], np.int64)
+        acc.detections(gb, gi, [o.box for o in objs], ids, [o.score for o in objs], gt_dist=gp[:, 0], dist=pos[:, 0])
+        # the lead as the daemon publishes it: objects at the decode threshold of the daemon (outputs.py)
+        shown = np.array([o.score >= DAEMON_SCORE for o in objs], bool)
+        acc.lead(lead_of(gp[:, 0], gp[:, 1], gi), lead_of(pos[shown, 0], pos[shown, 1], ids[shown]))
+      if "ego" in it:
+        acc.ego(out["ego"][j, :6], it["ego"])
       if "lanes" in it:
         acc.lane_frame(out["lanes"][j], out["lane_prob"][j], it["lanes"], it["lane_valid"], it["lane_exists"],
                        lane_tol_m)
