@@ -16,13 +16,15 @@ from torch.utils.data import DataLoader
 from selfdrive.modeld_fair.camera import MEDMODEL
 from selfdrive.modeld_fair.classes import CLASS_ID, IGNORE_ID
 from selfdrive.modeld_fair.medmodel_warp import warp_model_input, warp_rgb, warp_tables
+from selfdrive.modeld_fair.model_io import LANE_X
 from selfdrive.modeld_fair.outputs import decode_objects
 from tools.fair.data import stats as stats_cli
 from tools.fair.data.augment import Augment, AugmentConfig
 from tools.fair.data.cache import FrameCache, build_frame_cache
 from tools.fair.data.dataset import StudentDataset, build, split_indices
 from tools.fair.data.mining import HardExampleSampler
-from tools.fair.data.targets import boxes_from_masks, centernet_targets, depth_grid, probs_grid, seg_grid
+from tools.fair.data.targets import (boxes_from_masks, centernet_targets, depth_grid, fill_lanes, lane_span,
+                                     probs_grid, seg_grid)
 from tools.fair.distill.trainer import collate  # the batching training uses
 from tools.fair.labels.store import LabelStore, Labels, ShardInfo
 from tools.fair.routes import Segment
@@ -359,3 +361,30 @@ def test_stats_cli_matches_direct_count(cache, tmp_path):
   assert f"| road | {st_.class_pixels[0]} |" in md and "| city | 3 |" in md
   with pytest.raises(ValueError, match="TASK=NAME"):
     stats_cli.run(argparse.Namespace(cache=cache.root, out=out, labels=None, teacher=["depth"], no_gt=False))
+
+
+def test_lane_span_and_fill_cover_the_points_between_and_below_the_dashes(tmp_path):
+  # a curving line seen only on six points from 6.75 m on: the daemon publishes all 33 points, so every point up
+  # to the farthest seen one is trained (before, only the visible dashes were and the rest was the head's noise)
+  y = (1.8 + 0.002 * LANE_X ** 2).astype(np.float32)
+  lanes = np.zeros((4, 33, 2), np.float32)
+  seen = np.zeros((4, 33), np.uint8)
+  seen[1, [6, 7, 8, 11, 12, 16]] = 1
+  lanes[1, seen[1] > 0, 0] = y[seen[1] > 0]          # a pseudo label: values only where seen
+  exists = np.array([0, 1, 0, 0])
+  span = lane_span(seen, exists)
+  assert span[1].tolist() == [1] * 17 + [0] * 16 and not span[[0, 2, 3]].any()
+  filled = fill_lanes(lanes, seen, exists)
+  assert filled[1, :6, 0] == pytest.approx([y[6]] * 6)                       # held below the image
+  assert filled[1, 9:11, 0] == pytest.approx(np.interp(LANE_X[9:11], LANE_X[[8, 11]], y[[8, 11]]))
+  assert filled[1, seen[1] > 0, 0] == pytest.approx(y[seen[1] > 0]) and not filled[[0, 2, 3]].any()
+  one = np.zeros_like(seen)
+  one[1, 10] = 1                                      # one point gives no direction: not trained
+  assert not lane_span(one, exists).any()
+  # ground truth is exact at every point: its dataset items train the whole span, its values untouched
+  cache = build_frame_cache([MICI], tmp_path / "c", every=50, max_frames=1, instance=False, progress=False)
+  g, item = cache.read(0), StudentDataset(cache)[0]
+  want = lane_span(g["lane_visible"], g["lane_exists"])
+  assert want.sum() > g["lane_visible"].sum()
+  np.testing.assert_array_equal(item["lane_valid"].numpy(), want)
+  np.testing.assert_array_equal(item["lanes"].numpy(), g["lanes"])

@@ -34,3 +34,7 @@ def test_targets_decode_and_score_perfectly():
   assert r["lead_frames"] > 0 and r["lead_detection_rate"] == 1.0 and r["lead_dist_mae_m"] < 1e-3
   assert r["lane_f1"] == 1.0 and r["lane_lat_err_20m"] < 0.01
   assert r["ego_speed_mae"] < 1e-4 and r["depth_abs_rel"] < 1e-6
+  # the goal metrics
+  assert r["det_vehicle_ap50_80m"] == 1.0 and r["det_per_class_ap50"]["vehicle"] == 1.0
+  assert r["lead_dist_median_rel"] < 1e-4 and r["ego_speed_rel"] < 1e-5
+  assert r["ego_lane_frames"] == 5 and r["ego_lane_20m_rate"] == 1.0

@@ -18,7 +18,7 @@ from selfdrive.modeld_fair.model_io import LANE_X  # noqa: E402
 from tools.fair.cli import main as fair_main  # noqa: E402
 from tools.fair.data.cache import build_frame_cache  # noqa: E402
 from tools.fair.data.dataset import StudentDataset  # noqa: E402
-from tools.fair.data.targets import lane_targets  # noqa: E402
+from tools.fair.data.targets import fill_lanes, lane_span  # noqa: E402
 from tools.fair.labels.store import LabelStore  # noqa: E402
 from tools.fair.lanes.pipeline import (LaneConfig, LaneInit, assign_slots, frames_kept, gt_init,  # noqa: E402
                                        label_lanes, lane_errors, model_frames, model_to_road, modelv2_init, read_labels,
@@ -199,9 +199,9 @@ def test_fair_lanes_command(tmp_path, capsys):
   # the dataset's "lanes" teacher reads them: frame 20 of a cache of the segment gets the stored lanes
   cache = build_frame_cache([SAMPLE], tmp_path / "cache", every=10, max_frames=3, instance=False, progress=False)
   item = StudentDataset(cache, labels=out, teachers={"lanes": "lanes"}, use_gt=False)[2]
-  want = lane_targets(labels.lanes[20], labels.visible[20], labels.exists[20])   # gaps filled (test_heads.py)
-  np.testing.assert_array_equal(item["lanes"].numpy(), want["lanes"])
-  np.testing.assert_array_equal(item["lane_valid"].numpy(), want["lane_valid"])
+  v, e = labels.visible[20], labels.exists[20]   # completed over the span (test_data.py)
+  np.testing.assert_array_equal(item["lanes"].numpy(), fill_lanes(labels.lanes[20], v, e))
+  np.testing.assert_array_equal(item["lane_valid"].numpy(), lane_span(v, e))
   assert fair_main(["lanes", str(SAMPLE), "--init", "modelv2", "--out", str(out)]) == 2
   assert "no modelV2 events" in capsys.readouterr().err
   assert fair_main(["lanes", str(SAMPLE), "--tracker", "cotracker", "--weights", str(tmp_path), "--out", str(out)]) == 2

@@ -22,7 +22,7 @@ from selfdrive.modeld_fair.model_io import OBJECT_CLASSES
 from tools.fair.data.augment import Augment, AugmentConfig
 from tools.fair.data.box_distance import depth_in_box, ground_contact_depth
 from tools.fair.data.cache import FrameCache
-from tools.fair.data.targets import boxes_from_masks, sample_targets
+from tools.fair.data.targets import boxes_from_masks, fill_lanes, lane_span, sample_targets
 from tools.fair.labels.schema import check_entry
 
 TASKS = ("depth", "seg", "panoptic", "detection", "features", "lanes", "ego")
@@ -142,7 +142,8 @@ class StudentDataset(Dataset):
       n = int(g["box_count"])
       s.update(depth=g["depth"].astype(np.float32), semantic=g["semantic"], box_xyxy=g["box_xyxy"][:n],
                box_cls=g["box_cls"][:n].astype(np.int64), box_depth=g["box_pos"][:n, 0], box_pos=g["box_pos"][:n],
-               lanes=g["lanes"], lane_visible=g["lane_visible"], lane_exists=g["lane_exists"], ego=g["ego"])
+               lanes=g["lanes"], lane_visible=lane_span(g["lane_visible"], g["lane_exists"]),  # exact everywhere
+               lane_exists=g["lane_exists"], ego=g["ego"])
     have_gt = "depth" in s
     lab = {t: self._teacher_frame(t, rec.segment, rec.frame_index) for t in self.teachers}
     if lab.get("depth") and not have_gt:
@@ -162,7 +163,8 @@ class StudentDataset(Dataset):
       s["ego"] = lab["ego"][0]["ego"].astype(np.float32)   # labels/ego.py
     if lab.get("lanes") and not have_gt:
       a = lab["lanes"][0]
-      s.update(lanes=a["lanes"], lane_visible=a["visible"], lane_exists=a["exists"])   # lanes.write_labels
+      s.update(lanes=fill_lanes(a["lanes"], a["visible"], a["exists"]),   # lanes.write_labels
+               lane_visible=lane_span(a["visible"], a["exists"]), lane_exists=a["exists"])
     if not have_gt:
       s.update(self._pseudo_boxes(s, lab.get("detection"), rec))
     return s

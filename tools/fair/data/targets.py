@@ -150,23 +150,34 @@ def boxes_from_masks(semantic: np.ndarray, depth: np.ndarray, instance: np.ndarr
 
 
 def lane_targets(lanes: np.ndarray, visible: np.ndarray, exists: np.ndarray) -> dict[str, np.ndarray]:
-  """lanes (4, 33, 2) y, z road frame; lane_valid (4, 33); lane_exists (4,).
-
-  A line's labelled points (visible, existing, finite) are often gaps between dashes and never the few
-  metres below the image, so a LANE_X point up to the line's farthest labelled one is valid and, where it is
-  unlabelled, interpolated along x between labelled neighbours (held at the nearest labelled value before
-  the first one: the line is straight over those metres). Unsupervised points would otherwise be whatever
-  the lane head outputs there, and the daemon publishes every point."""
-  lanes = np.nan_to_num(np.asarray(lanes, np.float32))
+  """lanes (4, 33, 2) y, z road frame; lane_valid (4, 33) = visible and existing; lane_exists (4,)."""
+  lanes = np.asarray(lanes, np.float32)
   ex = np.asarray(exists, np.float32)
-  seen = (np.asarray(visible) > 0) & (ex[:, None] > 0) & np.isfinite(np.asarray(lanes)).all(-1)
-  valid = np.zeros(seen.shape, np.float32)
+  valid = (np.asarray(visible) > 0) & (ex[:, None] > 0) & np.isfinite(lanes).all(-1)
+  return {"lanes": np.nan_to_num(lanes), "lane_valid": valid.astype(np.float32), "lane_exists": ex}
+
+
+def lane_span(visible: np.ndarray, exists: np.ndarray) -> np.ndarray:
+  """(4, 33) uint8: the LANE_X points a line is trained on, every point up to its farthest visible one (lines
+  with >= 2 visible points). Visible points are dashes with gaps and never the metres below the image; the
+  daemon publishes every point, and an unsupervised one is whatever the lane head outputs there."""
+  seen = (np.asarray(visible) > 0) & (np.asarray(exists)[:, None] > 0)
+  span = np.zeros(seen.shape, np.uint8)
   for k in np.flatnonzero(seen.sum(1) >= 2):
+    span[k, :np.flatnonzero(seen[k])[-1] + 1] = 1
+  return span
+
+
+def fill_lanes(lanes: np.ndarray, visible: np.ndarray, exists: np.ndarray) -> np.ndarray:
+  """Pseudo-label lanes (values only at visible points) completed over lane_span: unlabelled points interpolated
+  along x between labelled neighbours, held at the nearest label below the first one (straight over those metres)."""
+  out = np.nan_to_num(np.asarray(lanes, np.float32)).copy()
+  seen = (np.asarray(visible) > 0) & (np.asarray(exists)[:, None] > 0)
+  for k in np.flatnonzero(lane_span(visible, exists).any(1)):
     last = np.flatnonzero(seen[k])[-1]
-    for c in range(lanes.shape[-1]):
-      lanes[k, :last + 1, c] = np.interp(LANE_X[:last + 1], LANE_X[seen[k]], lanes[k, seen[k], c])
-    valid[k, :last + 1] = 1.0
-  return {"lanes": lanes, "lane_valid": valid, "lane_exists": ex}
+    for c in range(out.shape[-1]):
+      out[k, :last + 1, c] = np.interp(LANE_X[:last + 1], LANE_X[seen[k]], out[k, seen[k], c])
+  return out
 
 
 def ego_target(ego: np.ndarray) -> dict[str, np.ndarray]:
