@@ -1,7 +1,9 @@
-"""The route -> cache -> labels -> train pipeline with `fair` commands: the bundled recipes run as shipped on the
-bundled samples, and a distillation recipe trains every head from the label store (every weighted loss term
-gets finite values)."""
+"""The route -> cache -> labels -> train pipeline with `fair` commands: every bundled recipe runs as shipped on the
+bundled samples (the transfer_* templates the way experiments/transfer.py fills them), and a distillation recipe
+trains every head from the label store (every weighted loss term gets finite values)."""
 import csv
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +21,10 @@ SAMPLES = [ROOT / "data/samples/fairsim-mici-city-s2--0", ROOT / "data/samples/f
 
 
 def _stand_in_teachers(cache: FrameCache, store: LabelStore) -> None:
-  """Labels of the teachers nano_distill names, made from the cache's ground truth (no weights here), written
-  through the store's schema as a teacher's output would be; detector boxes carry no positions (as `fair label`)."""
+  """Labels of the teachers the recipes name, made from the cache's ground truth (no weights here), written
+  through the store's schema as a teacher's output would be; detector boxes carry no positions (as `fair label`).
+  "sam2" stands for SAM masks already turned into semantic maps + soft labels (what dora_sam reads; `fair label
+  --teachers sam2` itself writes per-clip video masks)."""
   cam = MEDMODEL.scaled(0.5)
   rng = np.random.default_rng(0)
   for seg, path in zip(cache.segments, SAMPLES):
@@ -39,6 +43,7 @@ def _stand_in_teachers(cache: FrameCache, store: LabelStore) -> None:
     labels = {
       "dpt-depth": ({"depth": np.stack([x["depth"] for x in g]).astype(np.float16)}, {}),
       "dinov2-seg": ({"semantic": semantic, "probs": probs}, {}),
+      "sam2": ({"semantic": semantic, "probs": probs}, {}),
       "detr": ({"boxes": boxes, "scores": np.ones((n, k), np.float32), "class_ids": class_ids, "count": count,
                 "positions": np.full((n, k, 3), np.nan, np.float32)}, {"classes": ["car", "person"]}),
       "dinov2": ({"features": rng.normal(size=(n, 16, 8, 16)).astype(np.float16),
@@ -65,12 +70,30 @@ def workdir(tmp_path_factory, request):
   assert fair_main(["cache", *s, "--out", "data/cache/routes", "--max-frames", "8", "--quiet"]) == 0
   assert fair_main(["cache", s[1], "--out", "data/cache/sim-train", "--max-frames", "4", "--quiet"]) == 0
   assert fair_main(["cache", s[0], "--out", "data/cache/sim-val", "--max-frames", "2", "--quiet"]) == 0
+  assert fair_main(["cache", s[1], "--out", "data/cache/routes-train", "--max-frames", "4", "--quiet"]) == 0
+  assert fair_main(["cache", s[0], "--out", "data/cache/routes-val", "--max-frames", "2", "--quiet"]) == 0
   for p in s:
     assert fair_main(["lanes", p, "--out", "data/labels/routes", "--max-frames", "8", "--scale", "0.5",
                       "--quiet"]) == 0
   assert fair_main(["ego", *s, "--out", "data/labels/routes"]) == 0
   _stand_in_teachers(FrameCache(wd / "data/cache/routes"), LabelStore(wd / "data/labels/routes"))
+  # dora_dinov2's online teacher: a tiny random DINOv2 in the official folder layout under its weights_dir
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  import torch
+  from transformers import Dinov2Config, Dinov2Model
+  torch.manual_seed(0)
+  Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           patch_size=14, image_size=56)).save_pretrained(wd / "weights" / "dinov2")
   return wd
+
+
+@pytest.fixture(scope="module")
+def distilled(workdir):
+  """nano_distill run as shipped into its own run folder, past one epoch (7 batches of 2) so that it validates and
+  writes best/, which the dora recipes start from."""
+  assert fair_main(["train", str(RECIPES / "nano_distill.toml"), "--steps", "8", "--batch-size", "2", "--quiet"]) == 0
+  assert (workdir / "runs/nano_distill/best/model.safetensors").is_file()
+  return workdir / "runs/nano_distill"
 
 
 def test_fair_cache_command(workdir, capsys):
@@ -82,10 +105,8 @@ def test_fair_cache_command(workdir, capsys):
   assert "does not exist" in capsys.readouterr().err
 
 
-def test_nano_distill_trains_every_head_from_the_label_store(workdir):
-  recipe = RECIPES / "nano_distill.toml"
-  assert fair_main(["train", str(recipe), "--steps", "2", "--batch-size", "2", "--out", "runs/distill", "--quiet"]) == 0
-  row = _last_row(workdir / "runs/distill")
+def test_nano_distill_trains_every_head_from_the_label_store(distilled):
+  row = _last_row(distilled)
   terms = ["depth", "depth_grad", "seg", "kd_seg", "obj_heatmap", "obj_box", "obj_depth", "lanes", "lane_prob", "ego",
            "feat/stages.2", "feat/stages.3", "at/stages.2", "at/stages.3"]
   values = {t: float(row[t]) for t in terms}
@@ -99,3 +120,39 @@ def test_nano_gt_runs_as_shipped(workdir):
                     "--quiet"]) == 0
   row = _last_row(workdir / "runs/gt")
   assert all(np.isfinite(float(row[t])) for t in ("depth", "seg", "obj_heatmap", "lanes", "lane_prob", "ego"))
+
+
+def _weighted_terms(recipe: Path) -> list[str]:
+  from tools.fair.distill.recipe import load_recipe
+  return [t for t, w in load_recipe(recipe).loss.weights.items() if w > 0 and t not in ("feat", "at")]
+
+
+@pytest.mark.parametrize("name", ["dora_dinov2", "dora_sam"])
+def test_dora_recipes_run_as_shipped_from_nano_distill(distilled, workdir, name):
+  recipe = RECIPES / f"{name}.toml"
+  assert fair_main(["train", str(recipe), "--steps", "2", "--batch-size", "2", "--out", f"runs/{name}", "--quiet"]) == 0
+  row = _last_row(workdir / f"runs/{name}")
+  terms = _weighted_terms(recipe)
+  assert terms and all(np.isfinite(float(row[t])) for t in terms), {t: row[t] for t in terms}
+
+
+@pytest.mark.parametrize("name", ["transfer_distill", "transfer_gt", "transfer_dora"])
+def test_transfer_templates_run_as_the_experiment_fills_them(workdir, name):
+  from tools.fair.experiments.transfer import PRESETS, recipe, train_student
+  preset = replace(PRESETS["mini"], batch=2)
+  caches = {"train": FrameCache(workdir / "data/cache/routes")}
+  data = {"use_gt": True} if name == "transfer_gt" else \
+    {"use_gt": False, "labels": "data/labels/routes",
+     "teachers": {"depth": "dpt-depth", "seg": "dinov2-seg", "features": "dinov2"}}
+  r = recipe(name, preset, workdir, caches, 2, **data)
+  model, summary, _ = train_student(r)
+  assert summary["steps"] == 2
+  row = _last_row(Path(r.run.out))
+  terms = _weighted_terms(RECIPES / f"{name}.toml")
+  assert terms and all(np.isfinite(float(row[t])) for t in terms), {t: row[t] for t in terms}
+
+
+def test_every_bundled_recipe_is_run_here():
+  import re
+  ran = set(re.findall(r'"((?:nano|dora|transfer)_\w+)', Path(__file__).read_text())) | {"nano_gt", "nano_distill"}
+  assert {p.stem for p in RECIPES.glob("*.toml")} <= ran
