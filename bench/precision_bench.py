@@ -27,7 +27,7 @@ from bench.common import header, pin_one_core, write_report  # noqa: E402
 from selfdrive.modeld_fair.model_io import INPUT_NAME  # noqa: E402
 from tools.fair.export import cli  # noqa: E402
 from tools.fair.export.frames import segment_inputs  # noqa: E402
-from tools.fair.export.precision import CALIBRATION_METHODS, attention_nodes, float_nodes, to_fp16, to_int8  # noqa: E402
+from tools.fair.export.precision import CALIBRATION_METHODS, to_fp16, to_int8  # noqa: E402
 
 HEADS = [("depth AbsRel", "depth_abs_rel"), ("depth δ1", "depth_delta1"), ("mIoU", "miou"),
          ("vehicle IoU", ("iou", "vehicle")), ("AP50", "det_ap50"), ("lane err 20 m (m)", "lane_lat_err_20m")]
@@ -89,7 +89,7 @@ def build(name: str, fp32: Path, d: Path, calib, check, qat: tuple[Path, Path] |
   v = {"FP32": (fp32, "all"), "FP16": (to_fp16(fp32, d / f"{name}-fp16.onnx"), "all"),
        "INT8-PTQ": (d / f"{name}-int8-{best}.onnx", "all")}
   extra = {"INT8-PTQ per-channel weights": (to_int8(fp32, d / f"{name}-pc.onnx", calib, best, per_channel=True), "all"),
-           "INT8-PTQ attention quantized": (_ptq_without_attention_float(fp32, d / f"{name}-attq.onnx", calib, best),
+           "INT8-PTQ attention quantized": (to_int8(fp32, d / f"{name}-attq.onnx", calib, best, float_attention=False),
                                             "all")}
   if qat:
     v |= {"FP32 (QAT run)": (qat[0], "all"), "INT8-QAT": (qat[1], "all")}
@@ -100,22 +100,6 @@ def build(name: str, fp32: Path, d: Path, calib, check, qat: tuple[Path, Path] |
   return v | extra | {"FP32 at ORT_ENABLE_EXTENDED": (fp32, "extended"),
                       "INT8-PTQ at ORT_ENABLE_EXTENDED": (v["INT8-PTQ"][0], "extended")}, \
       {"calibration": worst, "best": best, "agreement": agree, "sqnr": s}
-
-
-def _ptq_without_attention_float(fp32: Path, dst: Path, calib, method: str) -> Path:
-  """INT8 with the attention cores quantized too (only the heads float): what the attention rule is measured by."""
-  import onnx
-
-  from tools.fair.export import precision
-  m = onnx.load(str(fp32))
-  att = set(attention_nodes(m))
-  heads_only = [n for n in float_nodes(m) if n not in att]
-  orig = precision.float_nodes
-  precision.float_nodes = lambda _m: heads_only
-  try:
-    return to_int8(fp32, dst, calib, method)
-  finally:
-    precision.float_nodes = orig
 
 
 def main() -> int:

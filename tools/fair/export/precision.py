@@ -61,11 +61,13 @@ def attention_nodes(m: onnx.ModelProto) -> list[str]:
   return sorted(keep)
 
 
-def float_nodes(m: onnx.ModelProto) -> list[str]:
-  """The nodes INT8 keeps in float: the attention cores and, from each output back to its first Conv/Gemm/MatMul,
-  every node (that one included when a Conv)."""
+def float_nodes(m: onnx.ModelProto, attention: bool = True) -> list[str]:
+  """The nodes INT8 keeps in float: the attention cores (unless attention=False, the variant that measures why
+  they stay float) and, from each output back to its first Conv/Gemm/MatMul, every node (that one included when
+  a Conv)."""
   producer = {o: n for n in m.graph.node for o in n.output}
-  keep: list[str] = attention_nodes(m)
+  att = attention_nodes(m)
+  keep: list[str] = list(att)
   for out in OUTPUT_NAMES:
     stack = [producer[out]]
     while stack:
@@ -77,7 +79,7 @@ def float_nodes(m: onnx.ModelProto) -> list[str]:
         stack += [producer[i] for i in n.input if i in producer]
       elif n.op_type == "Conv":
         keep.append(n.name)
-  return keep
+  return keep if attention else [n for n in keep if n not in set(att)]
 
 
 class _Frames:
@@ -97,8 +99,8 @@ class _Frames:
 
 
 def to_int8(src: Path, dst: Path, frames: np.ndarray, method: str, symmetric: bool = False,
-            per_channel: bool = False) -> Path:
-  """Static QDQ INT8 of `src`, calibrated with `method` on `frames`."""
+            per_channel: bool = False, float_attention: bool = True) -> Path:
+  """Static QDQ INT8 of `src`, calibrated with `method` on `frames`; float_attention: see float_nodes."""
   from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
   from onnxruntime.quantization.shape_inference import quant_pre_process
   if method not in CALIBRATION_METHODS:
@@ -110,7 +112,7 @@ def to_int8(src: Path, dst: Path, frames: np.ndarray, method: str, symmetric: bo
                     activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                       "percentile": CalibrationMethod.Percentile}[method],
-                    nodes_to_exclude=float_nodes(onnx.load(str(pre))),
+                    nodes_to_exclude=float_nodes(onnx.load(str(pre)), float_attention),
                     extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
                                    "QuantizeBias": not symmetric},  # TensorRT dequantizes int8 only
                     calibration_providers=["CPUExecutionProvider"])
