@@ -97,17 +97,19 @@ def test_a_manifest_entry_missing_a_key_is_one_line_and_blocks_writes(tmp_path, 
   assert {p: p.read_bytes() for p in store.root.rglob("*") if p.is_file()} == before
 
 
-@pytest.mark.parametrize("other, needle", [
-  ('[student]\nconfig = "small"\n', "a checkpoint of another model"),
-  ("", "the training state does not fit"),
+@pytest.mark.parametrize("other, field, needle", [
+  ('[student]\nconfig = "small"\n', 'student.config "nano" -> "small"', "a checkpoint of another model"),
+  ("", "optim.ema_decay 0.0 -> 0.9", "the training state does not fit"),
 ], ids=["model", "ema"])
-def test_a_resume_with_another_recipe_is_one_line_and_keeps_the_run(tmp_path, capsys, other, needle):
+def test_a_resume_with_another_recipe_is_one_line_and_keeps_the_run(tmp_path, capsys, other, field, needle):
   assert _train(GOOD, tmp_path, "--steps", "2") == 0
   run = tmp_path / "run"
   before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
   recipe = other + GOOD if other else GOOD.replace("warmup_steps = 1", "warmup_steps = 1\nema_decay = 0.9")
   capsys.readouterr()
-  one_line_error(capsys, _train(recipe, tmp_path, "--steps", "3", "--resume"), needle, "--restart")
+  one_line_error(capsys, _train(recipe, tmp_path, "--steps", "3", "--resume"), field, "--new-recipe")
+  # told to go on under the new recipe: what cannot carry over is still refused
+  one_line_error(capsys, _train(recipe, tmp_path, "--steps", "3", "--resume", "--new-recipe"), needle, "--restart")
   assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 

@@ -1,6 +1,6 @@
 """`fair train`: train / distil a student from a recipe TOML, resumable exactly.
 
-  fair train tools/fair/distill/recipes/nano_gt.toml [--resume | --restart] [--steps N] [--batch-size B] [--out DIR] [--device auto|cpu|cuda|mps]
+  fair train tools/fair/distill/recipes/nano_gt.toml [--resume [--new-recipe] | --restart] [--steps N] [--batch-size B] [--out DIR] [--device auto|cpu|cuda|mps]
   fair train recipes/nano_distill.toml --compare recipes/dora_dinov2.toml   # DoRA vs full table, same data
   torchrun --nproc-per-node 4 -m tools.fair.cli train recipes/nano_gt.toml  # DDP: [optim] batch_size is global
 
@@ -21,10 +21,12 @@ from tools.fair.distributed import World
 
 
 def train_recipe(recipe: Recipe, device: str = "cpu", resume: bool = False, progress: bool = True,
-                 evaluate=None, max_steps: int | None = None, restart: bool = False) -> FitResult:
+                 evaluate=None, max_steps: int | None = None, restart: bool = False,
+                 new_recipe: bool = False) -> FitResult:
   """Build the recipe's data (the [data] builder hook), teacher (online mode), model and trainer, then fit.
   Refuses to start over a run folder that has checkpoints unless `resume`; a resume that finds only corrupt
-  checkpoints is an error. `restart` starts the run over: its checkpoints, best/ and logs are deleted first.
+  checkpoints is an error, and so is one whose checkpoint was trained under another recipe unless `new_recipe`
+  (DistillationTrainer.resume). `restart` starts the run over: its checkpoints, best/ and logs are deleted first.
   Under torchrun / srun (World.from_env) every process runs this; they join one process group (DDP)."""
   if restart:
     out = Path(recipe.run.out)
@@ -45,7 +47,7 @@ def train_recipe(recipe: Recipe, device: str = "cpu", resume: bool = False, prog
   trainer = DistillationTrainer(recipe, build_model(recipe), train_ds, val_ds, teacher=teacher, evaluate=evaluate,
                                 device=device, progress=progress, world=world)
   if resume:
-    if not trainer.resume() and world.main:
+    if not trainer.resume(new_recipe) and world.main:
       print(f"{recipe.run.out}: no checkpoint to resume, starting from step 0")
   elif trainer.ckpt.list():
     raise ValueError(f"{recipe.run.out} already holds checkpoints: pass --resume, --restart, or a new --out")
@@ -92,6 +94,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(an error when it holds checkpoints but none is valid)")
   how.add_argument("--restart", action="store_true",
                    help="start the run over: delete the run folder's checkpoints, best/, train.csv and val.csv first")
+  p.add_argument("--new-recipe", action="store_true",
+                 help="with --resume: go on under this recipe although the checkpoint was trained under one that "
+                 "differs (loss weights, lr, data, ...); without it such a resume is refused and names the fields. "
+                 "A longer --steps / [optim] epochs, --out and how often it saves, validates or logs may change "
+                 "without it")
   p.add_argument("--steps", type=int, help="train for N optimizer steps in all (overrides [optim] epochs / steps)")
   p.add_argument("--batch-size", type=int, help="samples per micro-batch (overrides [optim] batch_size)")
   p.add_argument("--out", help="run folder (overrides [run] out)")
@@ -106,6 +113,8 @@ def run(a: argparse.Namespace) -> int:
     raise ValueError(f"--steps must be >= 1, got {a.steps}")
   if a.batch_size is not None and a.batch_size < 1:
     raise ValueError(f"--batch-size must be >= 1, got {a.batch_size}")
+  if a.new_recipe and not a.resume:
+    raise ValueError("--new-recipe goes with --resume")
   recipes = [with_overrides(load_recipe(a.config), a.out, a.steps, a.batch_size)]
   if a.compare:
     other = with_overrides(load_recipe(a.compare), None, a.steps, a.batch_size)
@@ -118,7 +127,7 @@ def run(a: argparse.Namespace) -> int:
   rows = []
   main = World.from_env().main   # under torchrun only rank 0 reports
   for r in recipes:
-    res = train_recipe(r, a.device, a.resume, progress=not a.quiet, restart=a.restart)
+    res = train_recipe(r, a.device, a.resume, progress=not a.quiet, restart=a.restart, new_recipe=a.new_recipe)
     if not main:
       continue
     best = f"{res.best_metric} {res.best_value:.4f} at step {res.best_step}" if res.best_value is not None else "none"

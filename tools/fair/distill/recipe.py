@@ -9,12 +9,13 @@ section and the key. Relative paths are relative to the working directory (the r
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 from tools.fair.distill.losses import TERMS, LossConfig
@@ -266,6 +267,33 @@ def with_overrides(r: Recipe, out: str | None = None, steps: int | None = None,
   if batch_size is not None:
     r = replace(r, optim=replace(r.optim, batch_size=batch_size))
   return r
+
+
+# what a resume may change: the run's length (extending it: the cosine schedule then stretches to the new end from
+# the resumed step on), the name and folder, how often it checkpoints / validates / logs, the loader's workers
+RESUMABLE = frozenset({"name", "optim.steps", "optim.epochs", "run.out", "run.keep_last", "run.save_every",
+                       "run.eval_every", "run.log", "data.workers"})
+
+
+def recipe_fields(r: Recipe) -> dict[str, object]:
+  """The recipe flat, as JSON values: `section.key` (a table's entries: `section.key.entry`) -> value. A checkpoint
+  records it (meta.json) to tell on resume which fields changed."""
+  out: dict[str, object] = {"name": r.name}
+  for f in fields(r):
+    section = getattr(r, f.name)
+    for g in fields(section) if is_dataclass(section) else ():
+      v = getattr(section, g.name)
+      for k, x in v.items() if isinstance(v, Mapping) else [(None, v)]:
+        out[f"{f.name}.{g.name}" + (f".{k}" if k is not None else "")] = x
+  return json.loads(json.dumps(out))
+
+
+def recipe_changes(recorded: Mapping[str, object], r: Recipe) -> list[str]:
+  """`key old -> new` for each field outside RESUMABLE in which `r` differs from `recorded` (a recipe_fields())."""
+  now = recipe_fields(r)
+  show = lambda d, k: json.dumps(d[k])[:60] if k in d else "unset"  # noqa: E731
+  return [f"{k} {show(recorded, k)} -> {show(now, k)}" for k in sorted(recorded.keys() | now.keys())
+          if k not in RESUMABLE and (k in recorded, recorded.get(k)) != (k in now, now.get(k))]
 
 
 def build_dataset(data: DataSection, split: str):

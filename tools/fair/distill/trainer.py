@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tools.fair.distill.checkpoint import CheckpointManager, rng_state, set_rng_state
 from tools.fair.distill.losses import PRESENT, DistillLoss, LossOutput, missing_terms
-from tools.fair.distill.recipe import Recipe
+from tools.fair.distill.recipe import Recipe, recipe_changes, recipe_fields
 from tools.fair.distributed import World
 from tools.fair.files import atomic_write
 from tools.fair.progress import progress_bar
@@ -597,11 +597,14 @@ class DistillationTrainer:
       state["ranks"] = ranks
     if not self.world.main:
       return None
-    return self.ckpt.save(self.step, self.model.state_dict(), state, {"epoch": self.epoch, "recipe": self.recipe.name})
+    return self.ckpt.save(self.step, self.model.state_dict(), state, {"epoch": self.epoch, "recipe": self.recipe.name,
+                                                                      "recipe_fields": recipe_fields(self.recipe)})
 
-  def resume(self) -> bool:
+  def resume(self, new_recipe: bool = False) -> bool:
     """Restore the newest valid checkpoint in the run folder; False when there is none; ValueError when there are
-    checkpoints but none is valid (starting over would replace best/ and the logs of the run)."""
+    checkpoints but none is valid (starting over would replace best/ and the logs of the run), and when the
+    checkpoint was trained under a recipe that differs in a field outside recipe.RESUMABLE, unless `new_recipe`
+    (then training goes on under this recipe; a changed best metric starts its best over)."""
     ckpt = self.ckpt.latest()
     if ckpt is None:
       if self.ckpt.list():
@@ -609,6 +612,11 @@ class DistillationTrainer:
                          "partial): pass --restart to start the run over (its logs and best/ are replaced)")
       self._truncate_logs()   # killed before its first checkpoint: rows it logged are redone from step 0
       return False
+    recorded = ckpt.meta.get("recipe_fields")
+    changed = recipe_changes(recorded, self.recipe) if recorded is not None else []
+    if changed and not new_recipe:
+      raise ValueError(f"{ckpt.path}: trained under another recipe ({'; '.join(changed)}): resume with the run's "
+                       "recipe, pass --new-recipe to go on under this one, or --restart to start over")
     model_state, state = self.ckpt.load(ckpt)  # on CPU: RNG states must stay CPU tensors
     from tools.fair.distill.qat import FAKE_QUANT_PREFIX, is_qat_state, load_state
     qat = is_qat_state(model_state)
@@ -631,6 +639,11 @@ class DistillationTrainer:
     except (ValueError, KeyError, RuntimeError, TypeError) as e:   # optimizer groups, loss terms, EMA of another recipe
       raise ValueError(f"{ckpt.path}: the training state does not fit this recipe ({type(e).__name__}: "
                        f"{str(e).splitlines()[0][:160]}): {fix}") from None
+    if any(c.startswith(("run.best_metric ", "run.best_mode ")) for c in changed):
+      self.best_value, self.best_step = None, -1   # the recorded best is a value of the other metric
+    if self.world.main and (changed or recorded is None):
+      print(f"{ckpt.path}: " + (f"resuming under a changed recipe: {'; '.join(changed)}" if changed else
+                                "records no recipe (an older checkpoint): resuming without comparing recipes"))
     self._truncate_logs()
     return True
 
