@@ -9,7 +9,8 @@ added), that OPENPILOT_DIR has all of MARKERS, and that process_config.py can be
 Then it copies the files (each written atomically), installs the manifest as
 selfdrive/modeld_fair/MANIFEST.json (what is installed; used for upgrades and --uninstall),
 imports the daemon in the checkout with this python (as the manager will) and, last, adds one
-PythonProcess line after modeld's in `procs`. Running it again changes nothing.
+PythonProcess line after modeld's in `procs`. Running it again changes nothing. A refusal is one
+`apply_bundle: refused: ...` line on stderr and exit code 2.
 
 Stdlib only and self-contained on purpose: the device runs it without our repository.
 """
@@ -451,12 +452,12 @@ def main(argv: list[str] | None = None) -> int:
   args = ap.parse_args(argv)
   try:
     apply(args.bundle, args.openpilot, args.dry_run, args.uninstall)
-  except Refused as e:
+  except Refused as e:   # exit 2, as argparse and the fair tools for bad input
     print(f"apply_bundle: refused: {e}", file=sys.stderr)
-    return 1
+    return 2
   except OSError as e:   # the disk or a permission, after the checks
     print(f"apply_bundle: error: {e}", file=sys.stderr)
-    return 1
+    return 2
   return 0
 
 

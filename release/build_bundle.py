@@ -182,9 +182,12 @@ def _write_tar(stage: Path, top: str, dest: Path) -> None:
 def build(src: Path, out: Path) -> Bundle:
   """Bundle the runtime files of the fairpilot tree `src` into `out` (a folder, or a .tar.gz/.tgz file)."""
   src, out = src.resolve(), out.resolve()
-  version = tomllib.loads((src / "pyproject.toml").read_text())["project"]["version"]
+  files, skipped = select_files(src)   # first: it tells a tree that is not fairpilot's
+  try:
+    version = tomllib.loads((src / "pyproject.toml").read_text())["project"]["version"]
+  except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError) as e:
+    raise BuildError(f"{src / 'pyproject.toml'}: no [project] version ({type(e).__name__})") from None
   commit = read_commit(src)
-  files, skipped = select_files(src)
   tarball = out.name.endswith((".tar.gz", ".tgz"))
   if not tarball and out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
     raise BuildError(f"{out} exists and is not a bundle: refusing to replace it")
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     b = build(args.src, args.out)
   except (BuildError, apply_bundle.Refused) as e:
     print(f"build_bundle: {e}", file=sys.stderr)
-    return 1
+    return 2
   m = b.manifest
   print(f"bundle {NAME} {m['version']} (commit {m['commit'][:12]}) -> {b.path}: {len(m['files'])} files")
   for rel, h in m["files"].items():

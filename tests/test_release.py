@@ -211,10 +211,10 @@ def test_refuses_a_folder_that_is_not_openpilot(bundle, tmp_path):
                                       "selfdrive/modeld/, cereal/log.capnp"):
       apply(bundle, other, uninstall=uninstall)
   assert snapshot(other) == before
-  # and through the command line: a clear message, exit code 1
+  # and through the command line: a clear message, exit code 2
   r = subprocess.run([sys.executable, "-m", "release.apply_bundle", str(bundle), str(ROOT)], cwd=ROOT,
                      capture_output=True, text=True, timeout=30)
-  assert r.returncode == 1 and "refused" in r.stderr and "does not look like an openpilot checkout" in r.stderr
+  assert r.returncode == 2 and "refused" in r.stderr and "does not look like an openpilot checkout" in r.stderr
 
 
 @pytest.mark.parametrize("tamper", ["edit", "extra", "missing", "escape", "installer"])

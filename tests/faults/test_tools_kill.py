@@ -1,6 +1,8 @@
 """kill -9 during the writes of every long job (label, cache, train, replay), a full disk (`ulimit -f`), the
 leftovers of killed writers and segment folders of one name in the frame cache. A killed or starved run loses
-nothing that was finished, and the next run ends exactly where an uninterrupted one does."""
+nothing that was finished, and the next run ends exactly where an uninterrupted one does. The `fair label` and
+`fair train` cases (several children importing torch / transformers each, ~10 s a case) are marked slow: they run
+in `make test-slow`, part of CI."""
 import json
 import os
 import shutil
@@ -79,6 +81,7 @@ def clean_labels(segment, weights, tmp_path_factory):
   return _labels(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [1, 2, 3])   # the 1st, 2nd, 3rd rename: shard or manifest
 def test_label_killed_mid_write_resumes_exactly(segment, weights, clean_labels, tmp_path, kill_at):
   args = _label_args(segment, weights)
@@ -90,6 +93,7 @@ def test_label_killed_mid_write_resumes_exactly(segment, weights, clean_labels, 
   assert not list((tmp_path / "k").rglob("*.tmp-*"))
 
 
+@pytest.mark.slow
 def test_label_on_a_full_disk_is_one_line_and_loses_nothing(segment, weights, tmp_path):
   args = ["label", segment, "--teachers", "dinov2", "--weights", weights, "--shard-frames", "4", "--scale", "0.25",
           "--out", tmp_path / "s"]
@@ -145,6 +149,7 @@ def clean_run(recipe):
   return _weights(run), _rows(run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [1, 2, 3])   # checkpoint folder, best/ moved aside, best/ renamed in
 def test_train_killed_mid_checkpoint_resumes_exactly(recipe, clean_run, tmp_path, kill_at):
   args = ["train", recipe, "--steps", "3"]
@@ -156,6 +161,7 @@ def test_train_killed_mid_checkpoint_resumes_exactly(recipe, clean_run, tmp_path
   assert not list((tmp_path / "k").rglob("*.tmp-*")) and not list((tmp_path / "k").rglob("*.old-*"))
 
 
+@pytest.mark.slow
 def test_train_on_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(recipe, tmp_path):
   assert fair(["train", recipe, "--steps", "2", "--out", tmp_path / "run"]).returncode == 0
   best = _weights(tmp_path / "run")
